@@ -1,0 +1,188 @@
+"""The `flowctl` command line.
+
+Exit codes: 0 done, 1 the run failed, 2 usage or pipeline-file error,
+130 and 143 stopped by SIGINT and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from flowctl import __version__
+from flowctl.builtins import BUILTINS
+from flowctl.display import LiveView, PlainView, View
+from flowctl.document import Problem
+from flowctl.home import new_run_id, resolve_home
+from flowctl.inline import INLINE_FILENAME, parse_inline
+from flowctl.pipeline import Pipeline
+from flowctl.starter import STARTER_PIPELINE
+from flowctl.supervisor import Run
+from flowctl.validate import load_pipeline, validate
+
+EXIT_USAGE = 2
+
+HOME_HELP = ("State directory for run logs [default: $FLOWCTL_HOME or "
+             "~/.flowctl].")
+
+
+def _format_problem(problem: Problem, filename: str) -> str:
+    if filename == INLINE_FILENAME:
+        text = f"-e segment {problem.line}: {problem.message}"
+        return text + (f" ({problem.hint})" if problem.hint else "")
+    return problem.format(filename)
+
+
+def _report(problems: list[Problem], warnings: list[Problem],
+            filename: str) -> None:
+    for warning in warnings:
+        click.echo(f"warning: {_format_problem(warning, filename)}", err=True)
+    for problem in sorted(problems, key=lambda item: item.line):
+        click.echo(_format_problem(problem, filename), err=True)
+    if problems:
+        count = len(problems)
+        click.echo(f"{count} problem{'s' if count != 1 else ''} found in "
+                   f"{filename}", err=True)
+
+
+def _load(file: str | None, expression: str | None
+          ) -> tuple[Pipeline | None, list[Problem], list[Problem], str]:
+    if expression is not None:
+        pipeline, problems, warnings = validate(parse_inline(expression))
+        return pipeline, problems, warnings, INLINE_FILENAME
+    pipeline, problems, warnings = load_pipeline(file)
+    return pipeline, problems, warnings, file
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="flowctl")
+def main() -> None:
+    """Run data pipelines as supervised operating-system processes.
+
+    Each stage of a pipeline is its own process, a built-in stage or any
+    executable, wired to the others with pipes.
+
+    \b
+    Examples:
+      flowctl init                      write a starter pipeline.yaml
+      flowctl validate pipeline.yaml    check a pipeline file
+      flowctl run pipeline.yaml         run it
+      flowctl run -e 'generate count=5 | map expr="r[\\"seq\\"] * 2"'
+    """
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False), required=False)
+@click.option("-e", "--expr", "expression", metavar="PIPELINE",
+              help="Run an inline pipeline instead of a file.")
+@click.option("--home", type=click.Path(file_okay=False), help=HOME_HELP)
+@click.option("--live/--no-live", default=None,
+              help="Show the live per-stage table [default: when stdout is "
+                   "a terminal and no stage writes to stdout].")
+def run(file: str | None, expression: str | None, home: str | None,
+        live: bool | None) -> None:
+    """Run a pipeline until its sources end, or until Ctrl-C.
+
+    Ctrl-C (or SIGTERM) stops the sources and lets the records in flight
+    drain; a second Ctrl-C stops every stage at once.  Each stage's stderr
+    is shown prefixed with its id and kept in a log file per run.
+
+    \b
+    Examples:
+      flowctl run examples/flights.yaml
+      flowctl run -e 'read-lines path=/var/log/dpkg.log
+                      | exec grep " install " | write-jsonl path=-'
+      flowctl run -e 'generate count=1000000 | discard'
+    """
+    if (file is None) == (expression is None):
+        raise click.UsageError("give a pipeline FILE or -e PIPELINE, not "
+                               "both and not neither")
+    pipeline, problems, warnings, filename = _load(file, expression)
+    _report(problems, warnings, filename)
+    if pipeline is None:
+        sys.exit(EXIT_USAGE)
+    run_id = new_run_id()
+    view = _make_view(pipeline, run_id, live)
+    runner = Run(pipeline, resolve_home(home), run_id, view)
+    view.event(f"running pipeline '{pipeline.name}' with "
+               f"{len(pipeline.stages)} stages; logs in {runner.directory}")
+    outcome = runner.execute()
+    if outcome.message:
+        click.echo(f"flowctl: {outcome.message}", err=True)
+    sys.exit(outcome.exit_code)
+
+
+def _make_view(pipeline: Pipeline, run_id: str, live: bool | None) -> View:
+    if live is None:
+        live = sys.stdout.isatty() and not pipeline.writes_to_stdout()
+    if live:
+        return LiveView(run_id, pipeline.name)
+    return PlainView(run_id)
+
+
+@main.command(name="validate")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(dir_okay=False))
+def validate_command(files: tuple[str, ...]) -> None:
+    """Check pipeline files and report every problem at once.
+
+    Each problem is printed as FILE:LINE: message (hint).  Exits with 2 when
+    any file has a problem, 0 when all are valid.
+
+    \b
+    Examples:
+      flowctl validate pipeline.yaml
+      flowctl validate examples/*.yaml
+    """
+    failed = False
+    for file in files:
+        pipeline, problems, warnings = load_pipeline(file)
+        _report(problems, warnings, file)
+        if pipeline is None:
+            failed = True
+            continue
+        counts = {role: sum(1 for stage in pipeline.stages
+                            if stage.role == role)
+                  for role in ("source", "processor", "sink")}
+        summary = ", ".join(f"{count} {role}{'s' if count != 1 else ''}"
+                            for role, count in counts.items())
+        click.echo(f"{file}: valid ({summary})")
+    sys.exit(EXIT_USAGE if failed else 0)
+
+
+@main.command()
+@click.argument("file", default="pipeline.yaml",
+                type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def init(file: str, force: bool) -> None:
+    """Write a starter pipeline file that runs as written.
+
+    \b
+    Examples:
+      flowctl init && flowctl run pipeline.yaml
+      flowctl init etl.yaml
+    """
+    if os.path.exists(file) and not force:
+        click.echo(f"flowctl: {file} already exists; use --force to "
+                   f"overwrite it", err=True)
+        sys.exit(EXIT_USAGE)
+    with open(file, "w", encoding="utf-8") as out:
+        out.write(STARTER_PIPELINE)
+    click.echo(f"wrote {file}; run it with: flowctl run {file}")
+
+
+@main.command()
+def stages() -> None:
+    """List the built-in stages and their config keys.
+
+    \b
+    Example:
+      flowctl stages
+    """
+    for name, builtin in BUILTINS.items():
+        click.echo(f"{name}  ({builtin.role}): {builtin.summary}")
+        for key, param in builtin.params.items():
+            required = " (required)" if param.required else ""
+            click.echo(f"    {key}{required}: {param.help}")

@@ -1,0 +1,207 @@
+"""What a run shows while it runs: a live table or plain log lines.
+
+`LiveView` redraws a per-stage table on a terminal; `PlainView` writes one
+log line per event, for pipes, files and CI.  Both print each stage's
+stderr lines prefixed with the stage id, and both end with a summary line
+per stage.  Everything goes to flowctl's stderr except the live table,
+which is drawn on the terminal flowctl's stdout is attached to.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, TextIO
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+if TYPE_CHECKING:
+    from flowctl.process import StageProcess
+
+REFRESH_INTERVAL = 0.25
+PLAIN_PROGRESS_INTERVAL = 10.0
+RATE_WINDOW = 2.0
+
+
+def format_count(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def format_rate(rate: float | None) -> str:
+    if rate is None:
+        return "-"
+    if rate >= 1_000_000:
+        return f"{rate / 1_000_000:.1f}M/s"
+    if rate >= 1_000:
+        return f"{rate / 1_000:.1f}k/s"
+    return f"{rate:.0f}/s"
+
+
+class RateMeter:
+    """Records per second over the last few seconds, per stage."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[tuple[float, int]]] = {}
+
+    def update(self, stage_id: str, count: int, now: float) -> float | None:
+        samples = self.samples.setdefault(stage_id, [])
+        samples.append((now, count))
+        while len(samples) > 2 and now - samples[0][0] > RATE_WINDOW:
+            samples.pop(0)
+        first_time, first_count = samples[0]
+        if now - first_time < 0.2:
+            return None
+        return (count - first_count) / (now - first_time)
+
+
+def throughput_count(stage: StageProcess) -> int | None:
+    """The count that measures a stage's progress: out, or in for sinks."""
+    key = "records_in" if stage.spec.role == "sink" else "records_out"
+    return stage.stats.get(key)
+
+
+class View:
+    """Base of the two views; it also writes the closing summary."""
+
+    def __init__(self, run_id: str, stream: TextIO) -> None:
+        self.run_id = run_id
+        self.stream = stream
+        self.rates = RateMeter()
+
+    def start(self, stages: list[StageProcess]) -> None:
+        self.stages = stages
+
+    def event(self, message: str, stage_id: str | None = None) -> None:
+        raise NotImplementedError
+
+    def stderr_line(self, stage_id: str, line: str) -> None:
+        raise NotImplementedError
+
+    def tick(self) -> None:
+        """Called a few times a second by the orchestrator's loop."""
+
+    def stop(self) -> None:
+        """Tear down any live display before the summary is printed."""
+
+    def summary(self, elapsed: float) -> None:
+        width = max(len(stage.spec.id) for stage in self.stages)
+        for stage in self.stages:
+            duration = (stage.ended_at or time.time()) - (stage.started_at
+                                                          or time.time())
+            count = throughput_count(stage)
+            rate = (format_rate(count / duration)
+                    if count is not None and duration > 0 else "-")
+            line = (f"  {stage.spec.id:<{width}}  {stage.state:<9} "
+                    f"in {format_count(stage.stats.get('records_in')):>12}  "
+                    f"out {format_count(stage.stats.get('records_out')):>12}  "
+                    f"{duration:7.1f}s  {rate:>9}")
+            if stage.exit_code not in (None, 0):
+                line += f"  exit {stage.exit_code}"
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+class PlainView(View):
+    """One log line per event, for output that is not a terminal."""
+
+    def __init__(self, run_id: str, stream: TextIO = sys.stderr) -> None:
+        super().__init__(run_id, stream)
+        self.last_progress = time.monotonic()
+
+    def _write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def event(self, message: str, stage_id: str | None = None) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        where = f"run={self.run_id}" + (f" stage={stage_id}" if stage_id else "")
+        self._write(f"{stamp} {where} {message}")
+
+    def stderr_line(self, stage_id: str, line: str) -> None:
+        self._write(f"[{stage_id}] {line}")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self.last_progress < PLAIN_PROGRESS_INTERVAL:
+            return
+        self.last_progress = now
+        parts = []
+        for stage in self.stages:
+            count = throughput_count(stage)
+            parts.append(f"{stage.spec.id}={format_count(count)}")
+        self.event("progress " + " ".join(parts))
+
+
+class LiveView(View):
+    """A per-stage table redrawn in place on a terminal."""
+
+    def __init__(self, run_id: str, pipeline_name: str,
+                 console_file: TextIO = sys.stdout,
+                 stream: TextIO = sys.stderr) -> None:
+        super().__init__(run_id, stream)
+        self.pipeline_name = pipeline_name
+        self.console = Console(file=console_file)
+        self.live: Live | None = None
+        self.last_refresh = 0.0
+        self.current_rates: dict[str, float | None] = {}
+
+    def start(self, stages: list[StageProcess]) -> None:
+        super().start(stages)
+        self.live = Live(self._table(), console=self.console,
+                         auto_refresh=False, transient=False,
+                         redirect_stdout=False, redirect_stderr=False)
+        self.live.start()
+
+    def event(self, message: str, stage_id: str | None = None) -> None:
+        prefix = f"[{stage_id}] " if stage_id else ""
+        self._print(Text(f"{prefix}{message}", style="dim"))
+
+    def stderr_line(self, stage_id: str, line: str) -> None:
+        text = Text(f"[{stage_id}] ", style="cyan")
+        text.append(line)
+        self._print(text)
+
+    def _print(self, text: Text) -> None:
+        if self.live is not None:
+            self.live.console.print(text)
+        else:
+            self.stream.write(text.plain + "\n")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.live is None or now - self.last_refresh < REFRESH_INTERVAL:
+            return
+        self.last_refresh = now
+        for stage in self.stages:
+            count = throughput_count(stage)
+            if count is not None:
+                self.current_rates[stage.spec.id] = self.rates.update(
+                    stage.spec.id, count, now)
+        self.live.update(self._table(), refresh=True)
+
+    def _table(self) -> Table:
+        table = Table(title=f"{self.pipeline_name}  run {self.run_id}",
+                      title_justify="left", expand=False)
+        for column in ("stage", "kind", "state", "pid"):
+            table.add_column(column)
+        for column in ("in", "out", "rate"):
+            table.add_column(column, justify="right")
+        for stage in getattr(self, "stages", []):
+            style = {"failed": "red", "finished": "green",
+                     "stopping": "yellow"}.get(stage.state, "")
+            table.add_row(
+                stage.spec.id, stage.spec.label[:30],
+                Text(stage.state, style=style), str(stage.pid or "-"),
+                format_count(stage.stats.get("records_in")),
+                format_count(stage.stats.get("records_out")),
+                format_rate(self.current_rates.get(stage.spec.id)))
+        return table
+
+    def stop(self) -> None:
+        if self.live is not None:
+            self.live.update(self._table(), refresh=True)
+            self.live.stop()
+            self.live = None

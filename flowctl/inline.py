@@ -1,0 +1,150 @@
+"""The inline form: a pipeline written on the command line.
+
+    flowctl run -e 'read-lines path=/var/log/dpkg.log | exec grep install
+                    | write-jsonl path=-'
+
+Segments are separated by `|`.  A segment is a built-in stage name with
+`key=value` config (values are read as YAML scalars, so `count=10` is a
+number), or `exec [--codec CODEC] PROGRAM ARGS...` for an executable, with
+the `lines` codec unless another is given.  The first segment is the
+source, the last the sink and the rest processors, in a chain.  When the
+last segment is not a sink, `write-jsonl path=-` is added so the records
+appear on standard output.  Stage ids are the names, numbered when a name
+repeats (`map`, `map-2`).
+
+The result is the same document a pipeline file would give, so it goes
+through the same validation; problems are reported by segment number.
+"""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import yaml
+
+from flowctl.builtins import BUILTINS
+from flowctl.document import Document, Problem
+from flowctl.pipeline import API_VERSION, KIND
+
+INLINE_FILENAME = "-e"
+DEFAULT_SINK = ("write-jsonl", {"path": "-"})
+
+
+def _tokens(text: str) -> list[str]:
+    lexer = shlex.shlex(text, posix=True, punctuation_chars="|")
+    lexer.whitespace_split = True
+    return list(lexer)
+
+
+def _segments(tokens: list[str]) -> list[list[str]]:
+    segments: list[list[str]] = [[]]
+    for token in tokens:
+        if token and set(token) == {"|"}:
+            segments.extend([] for _ in token)
+        else:
+            segments[-1].append(token)
+    return segments
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return text if isinstance(value, (dict, list)) or value is None else value
+
+
+def _segment_entry(words: list[str], number: int,
+                   problems: list[Problem]) -> dict[str, Any] | None:
+    if not words:
+        problems.append(Problem(number, "empty segment between '|' signs"))
+        return None
+    name, rest = words[0], words[1:]
+    if name == "exec":
+        codec = "lines"
+        if len(rest) >= 2 and rest[0] == "--codec":
+            codec, rest = rest[1], rest[2:]
+        elif rest and rest[0].startswith("--codec="):
+            codec, rest = rest[0].split("=", 1)[1], rest[1:]
+        if not rest:
+            problems.append(Problem(number, "'exec' needs a program to run"))
+            return None
+        return {"id": rest[0].rsplit("/", 1)[-1], "command": rest,
+                "codec": codec}
+    config = {}
+    for word in rest:
+        key, equals, value = word.partition("=")
+        if not equals or not key:
+            problems.append(Problem(number, f"expected key=value after "
+                                            f"'{name}', got {word!r}"))
+            continue
+        config[key] = _parse_value(value)
+    entry: dict[str, Any] = {"id": name, "stage": name}
+    if config:
+        entry["config"] = config
+    return entry
+
+
+def _role(entry: dict[str, Any], position: int, count: int) -> str:
+    builtin = BUILTINS.get(entry.get("stage", ""))
+    if builtin is not None:
+        return builtin.role
+    if position == 0:
+        return "source"
+    return "sink" if position == count - 1 else "processor"
+
+
+def parse_inline(text: str) -> Document:
+    """Turn the inline form into a pipeline document."""
+    problems: list[Problem] = []
+    try:
+        tokens = _tokens(text)
+    except ValueError as error:
+        document = Document(INLINE_FILENAME, None)
+        document.problems.append(Problem(1, f"cannot split the pipeline: "
+                                            f"{error}"))
+        return document
+    entries = []
+    for number, words in enumerate(_segments(tokens), 1):
+        entry = _segment_entry(words, number, problems)
+        if entry is not None:
+            entries.append((number, entry))
+    document = Document(INLINE_FILENAME, None, problems=problems)
+    if not entries:
+        if not problems:
+            problems.append(Problem(1, "the pipeline is empty"))
+        return document
+    last = entries[-1][1]
+    if not (last.get("stage") in BUILTINS
+            and BUILTINS[last["stage"]].role == "sink") and len(entries) > 0:
+        name, config = DEFAULT_SINK
+        if not (len(entries) > 1 and "command" in last):
+            entries.append((len(entries) + 1,
+                            {"id": name, "stage": name, "config": dict(config)}))
+    sections: dict[str, list] = {"sources": [], "processors": [], "sinks": []}
+    seen: dict[str, int] = {}
+    previous = None
+    count = len(entries)
+    for position, (number, entry) in enumerate(entries):
+        base = entry["id"]
+        seen[base] = seen.get(base, 0) + 1
+        if seen[base] > 1:
+            entry["id"] = f"{base}-{seen[base]}"
+        role = _role(entry, position, count)
+        if previous is not None and role != "source":
+            entry["inputs"] = [previous]
+        section = {"source": "sources", "processor": "processors",
+                   "sink": "sinks"}[role]
+        index = len(sections[section])
+        sections[section].append(entry)
+        path = ("spec", section, index)
+        document.value_lines[path] = number
+        for key in entry:
+            document.value_lines[path + (key,)] = number
+        previous = entry["id"]
+    document.data = {"apiVersion": API_VERSION, "kind": KIND,
+                     "metadata": {"name": "inline"},
+                     "spec": {key: value for key, value in sections.items()
+                              if value}}
+    return document

@@ -1,0 +1,39 @@
+"""Tie a child process's lifetime to its parent's (Linux).
+
+A stage must not outlive flowctl, even when flowctl dies by SIGKILL and has
+no chance to clean up.  The kernel's parent-death signal does that: the
+child asks for SIGKILL when its parent thread exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+from typing import Callable
+
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
+                    use_errno=True)
+_prctl = _libc.prctl
+
+
+def child_setup(new_process_group: bool) -> Callable[[], None]:
+    """Return a `preexec_fn` that binds the child to this process.
+
+    The function is built before fork, so the child only makes two system
+    calls between fork and exec.  If the parent died before the child asked
+    for the signal, the child sees it has been re-parented and exits.
+    """
+    parent = os.getpid()
+
+    def setup() -> None:
+        if new_process_group:
+            os.setpgid(0, 0)
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup

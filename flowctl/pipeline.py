@@ -1,0 +1,75 @@
+"""The pipeline model: stages, their wiring, and run-wide settings.
+
+A `Pipeline` is only ever built by `flowctl.validate`, from a pipeline file
+or the inline form, after every check has passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowctl import protocol, runtime
+
+API_VERSION = "flowctl/v1"
+KIND = "Pipeline"
+
+DEFAULT_STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class StageSpec:
+    """One stage of a pipeline, as the pipeline file declares it.
+
+    Exactly one of `builtin` and `command` is set; a `shell:` string in the
+    file becomes the command `/bin/sh -c STRING`.
+    """
+
+    id: str
+    role: str                      # "source", "processor" or "sink"
+    builtin: str | None = None
+    command: list[str] | None = None
+    codec: str = "msgpack"
+    config: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    inputs: list[str] = field(default_factory=list)
+    success_exit_codes: list[int] = field(default_factory=lambda: [0])
+    line: int = 0
+
+    @property
+    def label(self) -> str:
+        if self.builtin:
+            return self.builtin
+        return " ".join(self.command or [])
+
+
+@dataclass
+class Pipeline:
+    """A validated pipeline: stages in an order where inputs come first."""
+
+    name: str
+    source: str                    # the file it came from, or "-e"
+    stages: list[StageSpec]
+    max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE
+    batch_size: int = runtime.DEFAULT_BATCH_SIZE
+    flush_interval: float = runtime.DEFAULT_FLUSH_INTERVAL
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+
+    def stage(self, stage_id: str) -> StageSpec:
+        for stage in self.stages:
+            if stage.id == stage_id:
+                return stage
+        raise KeyError(stage_id)
+
+    def readers_of(self, stage_id: str) -> list[StageSpec]:
+        return [stage for stage in self.stages if stage_id in stage.inputs]
+
+    def writes_to_stdout(self) -> bool:
+        """Whether some stage writes to flowctl's own standard output."""
+        for stage in self.stages:
+            if stage.role != "sink":
+                continue
+            if stage.command is not None or stage.config.get("path") == "-":
+                return True
+        return False

@@ -1,0 +1,237 @@
+"""One stage process: how it is started, watched and stopped.
+
+The orchestrator (`flowctl.supervisor`) owns a `StageProcess` per stage.
+It creates the data pipes; this class adds the control channel and the
+stderr pipe, starts the program in its own process group, and decodes
+what the stage reports on its control channel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from flowctl import adapter, codecs, protocol, runtime
+from flowctl.builtins import BUILTINS
+from flowctl.lifetime import child_setup
+from flowctl.pipeline import Pipeline, StageSpec
+
+STDERR_READ_SIZE = 65536
+MAX_PENDING_STDERR = 64 * 1024
+
+
+@dataclass
+class Wiring:
+    """File descriptors the orchestrator created for one stage."""
+
+    inputs: list[tuple[int, str]] = field(default_factory=list)  # fd, writer
+    outputs: list[int] = field(default_factory=list)
+
+
+class StageProcess:
+    """A running stage: its process, control channel, stderr and counters.
+
+    States: starting, running, stopping, finished, failed.  `exit_code` is
+    the program's exit status once it has been reaped (negative for a
+    signal, as in subprocess).
+    """
+
+    def __init__(self, spec: StageSpec, pipeline: Pipeline, run_id: str,
+                 wiring: Wiring, log_path: str, stdio_fds: tuple[int, int]):
+        self.spec = spec
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.wiring = wiring
+        self.log_path = log_path
+        self.stdin_fd, self.stdout_fd = stdio_fds
+        self.state = "starting"
+        self.popen: subprocess.Popen | None = None
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.control: socket.socket | None = None
+        self.control_reader: protocol.FrameReader | None = None
+        self.stderr_fd: int | None = None
+        self.stderr_pending = b""
+        self.exit_code: int | None = None
+        self.stats: dict[str, int] = {}
+        self.error: dict[str, Any] | None = None
+        self.greeted = False
+        self.done = False
+        self.started_at = 0.0
+        self.ended_at = 0.0
+
+    def argv(self) -> list[str]:
+        spec = self.spec
+        if spec.builtin is not None:
+            return BUILTINS[spec.builtin].argv()
+        if spec.codec in codecs.TEXT_CODECS:
+            return [sys.executable, "-m", "flowctl.adapter"]
+        return list(spec.command or [])
+
+    def environment(self, input_fds: list[int], output_fds: list[int],
+                    control_fd: int) -> dict[str, str]:
+        spec = self.spec
+        env = dict(os.environ)
+        env.update(spec.env)
+        env.update({
+            runtime.ENV_STAGE_ID: spec.id,
+            runtime.ENV_RUN_ID: self.run_id,
+            runtime.ENV_INPUT_FDS: ",".join(map(str, input_fds)),
+            runtime.ENV_INPUT_STAGES: ",".join(
+                writer for _, writer in self.wiring.inputs),
+            runtime.ENV_OUTPUT_FDS: ",".join(map(str, output_fds)),
+            runtime.ENV_CONTROL_FD: str(control_fd),
+            runtime.ENV_CONFIG: json.dumps(spec.config, default=str),
+            runtime.ENV_MAX_FRAME_SIZE: str(self.pipeline.max_frame_size),
+            runtime.ENV_BATCH_SIZE: str(self.pipeline.batch_size),
+            runtime.ENV_FLUSH_INTERVAL: str(self.pipeline.flush_interval),
+            runtime.ENV_STDOUT_FD: str(self.stdout_fd),
+            runtime.ENV_STDIN_FD: str(self.stdin_fd),
+        })
+        if spec.command is not None and spec.codec in codecs.TEXT_CODECS:
+            env[adapter.ENV_COMMAND] = json.dumps(spec.command)
+            env[adapter.ENV_CODEC] = spec.codec
+            env[adapter.ENV_ROLE] = spec.role
+            env[adapter.ENV_SUCCESS_EXIT_CODES] = json.dumps(
+                spec.success_exit_codes)
+        return env
+
+    def start(self) -> None:
+        """Start the program; raise OSError if it cannot be executed."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        stderr_read, stderr_write = os.pipe()
+        input_fds = [fd for fd, _ in self.wiring.inputs]
+        output_fds = list(self.wiring.outputs)
+        stdin: Any = subprocess.DEVNULL
+        stdout: Any = stderr_write
+        direct = (self.spec.command is not None
+                  and self.spec.codec == "msgpack")
+        if direct and len(input_fds) == 1:
+            stdin, input_fds = input_fds[0], [0]
+        if direct and len(output_fds) == 1:
+            stdout, output_fds = output_fds[0], [1]
+        passed = [fd for fd in input_fds + output_fds if fd > 2]
+        passed += [theirs.fileno(), self.stdin_fd, self.stdout_fd]
+        env = self.environment(input_fds, output_fds, theirs.fileno())
+        try:
+            self.popen = subprocess.Popen(
+                self.argv(), stdin=stdin, stdout=stdout, stderr=stderr_write,
+                env=env, cwd=self.spec.cwd, pass_fds=passed,
+                preexec_fn=child_setup(new_process_group=True))
+        finally:
+            theirs.close()
+            os.close(stderr_write)
+        self.pid = self.popen.pid
+        self.pidfd = os.pidfd_open(self.pid)
+        self.control = ours
+        self.control_reader = protocol.FrameReader(
+            ours.fileno(), f"stage '{self.spec.id}' (control channel)")
+        os.set_blocking(stderr_read, False)
+        self.stderr_fd = stderr_read
+        self.state = "running"
+        self.started_at = time.time()
+
+    # Control channel
+
+    def read_control(self) -> list[dict[str, Any]]:
+        """Read what the stage sent; return the messages, newest last."""
+        try:
+            messages = self.control_reader.read_frames()
+        except protocol.ProtocolError as error:
+            self.error = self.error or {"message": str(error)}
+            messages = []
+        if self.control_reader.eof:
+            self.close_control()
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            kind = message.get("type")
+            if kind == "hello":
+                self.greeted = True
+            elif kind in ("stats", "done"):
+                self.stats = {key: value for key, value in message.items()
+                              if key != "type"}
+                self.done = self.done or kind == "done"
+            elif kind == "error":
+                self.error = message
+        return messages
+
+    def send(self, message: dict[str, Any]) -> bool:
+        if self.control is None:
+            return False
+        try:
+            self.control.sendall(protocol.pack(message))
+            return True
+        except OSError:
+            return False
+
+    def request_stop(self) -> None:
+        """Ask a source to stop producing; without a channel, SIGTERM it."""
+        if self.state != "running":
+            return
+        self.state = "stopping"
+        if not (self.greeted and self.send({"type": "stop"})):
+            self.signal(signal.SIGTERM)
+
+    def close_control(self) -> None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+
+    # stderr
+
+    def read_stderr(self) -> list[str]:
+        """Return the complete lines the stage wrote to stderr so far."""
+        try:
+            data = os.read(self.stderr_fd, STDERR_READ_SIZE)
+        except BlockingIOError:
+            return []
+        if not data:
+            return self.close_stderr()
+        data = self.stderr_pending + data
+        lines = data.split(b"\n")
+        self.stderr_pending = lines.pop()
+        if len(self.stderr_pending) > MAX_PENDING_STDERR:
+            lines.append(self.stderr_pending)
+            self.stderr_pending = b""
+        return [line.decode("utf-8", "replace") for line in lines]
+
+    def close_stderr(self) -> list[str]:
+        rest = self.stderr_pending
+        self.stderr_pending = b""
+        if self.stderr_fd is not None:
+            os.close(self.stderr_fd)
+            self.stderr_fd = None
+        return [rest.decode("utf-8", "replace")] if rest else []
+
+    # Lifetime
+
+    def reap(self) -> int:
+        """Collect the exit status after the pidfd said the process ended."""
+        code = self.popen.wait()
+        self.exit_code = code
+        self.ended_at = time.time()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+        return code
+
+    def signal(self, signum: int) -> None:
+        """Send a signal to the stage's whole process group."""
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.exit_code is None

@@ -1,0 +1,379 @@
+"""The stage side of a run: the environment flowctl gives a stage process,
+its input and output pipes, and its control channel to the orchestrator.
+
+The stage library (`flowctl.stage`) and the adapter for external
+executables are built on this module; stage authors use `flowctl.stage`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import time
+from collections import deque
+from typing import Any, Callable
+
+from flowctl import protocol
+
+# Environment variables set by the orchestrator for every stage process.
+ENV_STAGE_ID = "FLOWCTL_STAGE_ID"
+ENV_RUN_ID = "FLOWCTL_RUN_ID"
+ENV_INPUT_FDS = "FLOWCTL_INPUT_FDS"
+ENV_INPUT_STAGES = "FLOWCTL_INPUT_STAGES"
+ENV_OUTPUT_FDS = "FLOWCTL_OUTPUT_FDS"
+ENV_CONTROL_FD = "FLOWCTL_CONTROL_FD"
+ENV_CONFIG = "FLOWCTL_CONFIG"
+ENV_MAX_FRAME_SIZE = "FLOWCTL_MAX_FRAME_SIZE"
+ENV_BATCH_SIZE = "FLOWCTL_BATCH_SIZE"
+ENV_FLUSH_INTERVAL = "FLOWCTL_FLUSH_INTERVAL"
+ENV_STDOUT_FD = "FLOWCTL_STDOUT_FD"
+ENV_STDIN_FD = "FLOWCTL_STDIN_FD"
+
+DEFAULT_BATCH_SIZE = 1024
+DEFAULT_FLUSH_INTERVAL = 0.05
+HEARTBEAT_INTERVAL = 0.5
+
+# Exit codes a stage uses so the orchestrator can tell whose fault a
+# failure was: its own, an upstream stage's, or the bytes it was sent.
+EXIT_FAILED = 1
+EXIT_UPSTREAM_FAILED = 3
+EXIT_BAD_INPUT = 4
+
+
+class UpstreamFailed(Exception):
+    """An upstream stage sent an error frame and will send nothing more."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(f"upstream stage '{stage}' failed: {message}")
+        self.stage = stage
+        self.message = message
+
+
+class BadInput(Exception):
+    """An upstream stage wrote bytes that are not valid frames."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+def _fd_list(name: str) -> list[int]:
+    value = os.environ.get(name, "")
+    return [int(part) for part in value.split(",") if part != ""]
+
+
+class Stats:
+    """Counters a stage reports to the orchestrator."""
+
+    __slots__ = ("records_in", "records_out", "frames_in", "frames_out",
+                 "bytes_in", "bytes_out")
+
+    def __init__(self) -> None:
+        self.records_in = 0
+        self.records_out = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Control:
+    """The stage's end of its control channel to the orchestrator.
+
+    Messages are frames holding a map with a "type" key.  Without a control
+    channel (a stage started by hand) every method is a no-op, so a stage
+    program can also be run and tested outside flowctl.
+    """
+
+    def __init__(self, fd: int | None, stage_id: str) -> None:
+        self.fd = fd
+        self.stage_id = stage_id
+        self.stop_requested = False
+        self._socket = None
+        self._reader = None
+        if fd is not None:
+            self._socket = socket.socket(fileno=fd)
+            self._reader = protocol.FrameReader(fd, "the orchestrator")
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.sendall(protocol.pack(message))
+        except OSError:
+            # The orchestrator is gone; PR_SET_PDEATHSIG ends this process.
+            pass
+
+    def hello(self, role: str) -> None:
+        self.send({"type": "hello", "stage": self.stage_id, "pid": os.getpid(),
+                   "role": role, "version": protocol.VERSION})
+
+    def poll(self, timeout: float = 0.0) -> None:
+        """Read and apply any pending orchestrator messages."""
+        if self._reader is None:
+            return
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            self.read_pending()
+
+    def read_pending(self) -> None:
+        for message in self._reader.read_frames():
+            self.apply(message)
+        if self._reader.eof:
+            # The orchestrator closed the channel: treat it as a stop.
+            self.stop_requested = True
+            self._reader = None
+            self.fd = None
+
+    def apply(self, message: Any) -> None:
+        if isinstance(message, dict) and message.get("type") == "stop":
+            self.stop_requested = True
+
+
+class Outputs:
+    """Batches records and writes each batch as one frame to every output.
+
+    Fan-out is done here: every output pipe gets the same frames, so each
+    downstream stage sees every record.
+    """
+
+    def __init__(self, fds: list[int], stats: Stats, max_frame_size: int,
+                 batch_size: int) -> None:
+        self.fds = fds
+        self.stats = stats
+        self.max_frame_size = max_frame_size
+        self.batch_size = batch_size
+        self.buffer: list[Any] = []
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        records = self.buffer
+        self.buffer = []
+        for frame in self._pack_batches(records):
+            self.write_frame(frame)
+        self.stats.records_out += len(records)
+
+    def _pack_batches(self, records: list[Any]) -> list[bytes]:
+        frame = protocol.pack([protocol.BATCH, records])
+        if len(frame) - protocol.HEADER.size <= self.max_frame_size:
+            return [frame]
+        if len(records) == 1:
+            raise ValueError(
+                f"a record of {len(frame)} bytes is over the maximum frame "
+                f"size of {protocol.format_size(self.max_frame_size)}")
+        middle = len(records) // 2
+        return (self._pack_batches(records[:middle])
+                + self._pack_batches(records[middle:]))
+
+    def write_frame(self, frame: bytes) -> None:
+        for fd in self.fds:
+            protocol.write_all(fd, frame)
+        self.stats.frames_out += 1
+        self.stats.bytes_out += len(frame) * len(self.fds)
+
+
+class Inputs:
+    """Reads frames from every input pipe of a stage (fan-in).
+
+    `next_frame()` returns `(input_index, frame)` for batch and barrier
+    frames, handles hello and end frames itself, and returns None once every
+    input has ended.  Before it blocks it calls `on_idle`, which is where
+    the caller flushes its output batch, and while it waits it calls
+    `on_idle` again every heartbeat interval.
+    """
+
+    def __init__(self, fds: list[int], peers: list[str], stats: Stats,
+                 control: Control, max_frame_size: int) -> None:
+        self.stats = stats
+        self.control = control
+        self.readers = [protocol.FrameReader(fd, f"stage '{peer}'",
+                                             max_frame_size)
+                        for fd, peer in zip(fds, peers)]
+        self.peers = peers
+        self.pending: list[deque[Any]] = [deque() for _ in fds]
+        self.greeted = [False] * len(fds)
+        self.ended = [False] * len(fds)
+        self._next = 0
+
+    @property
+    def open_count(self) -> int:
+        return self.ended.count(False)
+
+    def next_frame(self, on_idle: Callable[[], None]) -> tuple[int, Any] | None:
+        while True:
+            found = self._take_pending()
+            if found is not None:
+                return found
+            if self.open_count == 0:
+                return None
+            self._wait(on_idle)
+
+    def _take_pending(self) -> tuple[int, Any] | None:
+        count = len(self.pending)
+        for step in range(count):
+            index = (self._next + step) % count
+            queue = self.pending[index]
+            while queue:
+                frame = queue.popleft()
+                result = self._accept(index, frame)
+                if result is not None:
+                    self._next = (index + 1) % count
+                    return result
+        return None
+
+    def _accept(self, index: int, frame: Any) -> tuple[int, Any] | None:
+        peer = self.peers[index]
+        if not self.greeted[index]:
+            try:
+                protocol.check_hello(frame, f"stage '{peer}'")
+            except protocol.ProtocolError as error:
+                raise BadInput(peer, str(error)) from None
+            self.greeted[index] = True
+            return None
+        if not isinstance(frame, list) or not frame:
+            raise BadInput(peer, f"stage '{peer}' sent "
+                                 f"{protocol.describe(frame)}, not a frame")
+        kind = frame[0]
+        if kind == protocol.BATCH:
+            self.stats.frames_in += 1
+            self.stats.records_in += len(frame[1])
+            return index, frame
+        if kind == protocol.END:
+            self.ended[index] = True
+            return None
+        if kind == protocol.BARRIER:
+            return index, frame
+        if kind == protocol.ERROR:
+            info = frame[1] if len(frame) > 1 and isinstance(frame[1], dict) else {}
+            raise UpstreamFailed(str(info.get("stage", peer)),
+                                 str(info.get("message", "no message")))
+        raise BadInput(peer, f"stage '{peer}' sent an unknown frame type "
+                             f"{kind!r}")
+
+    def _wait(self, on_idle: Callable[[], None]) -> None:
+        watched = {reader.fd: index for index, reader in enumerate(self.readers)
+                   if not self.ended[index] and not reader.eof}
+        control_fd = self.control.fd
+        fds = list(watched)
+        if control_fd is not None:
+            fds.append(control_fd)
+        ready, _, _ = select.select(fds, [], [], 0)
+        if not ready:
+            on_idle()
+            ready, _, _ = select.select(fds, [], [], HEARTBEAT_INTERVAL)
+            if not ready:
+                on_idle()
+                return
+        for fd in ready:
+            if fd == control_fd:
+                self.control.read_pending()
+                continue
+            index = watched[fd]
+            reader = self.readers[index]
+            try:
+                frames = reader.read_frames()
+            except protocol.ProtocolError as error:
+                raise BadInput(self.peers[index], str(error)) from None
+            self.stats.bytes_in += reader.bytes_read
+            reader.bytes_read = 0
+            self.pending[index].extend(frames)
+            if reader.eof and not frames:
+                # The writer exited cleanly without an end frame: the
+                # orchestrator closes its copy of a pipe only then.
+                self.ended[index] = True
+
+
+class Context:
+    """Everything the orchestrator passed to this stage process."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self.stage_id = env.get(ENV_STAGE_ID, "stage")
+        self.run_id = env.get(ENV_RUN_ID, "")
+        self.config: dict[str, Any] = json.loads(env.get(ENV_CONFIG) or "{}")
+        self.max_frame_size = int(env.get(ENV_MAX_FRAME_SIZE)
+                                  or protocol.DEFAULT_MAX_FRAME_SIZE)
+        self.batch_size = int(env.get(ENV_BATCH_SIZE) or DEFAULT_BATCH_SIZE)
+        self.flush_interval = float(env.get(ENV_FLUSH_INTERVAL)
+                                    or DEFAULT_FLUSH_INTERVAL)
+        self.managed = ENV_CONTROL_FD in env
+        control_fd = env.get(ENV_CONTROL_FD)
+        self.control = Control(int(control_fd) if control_fd else None,
+                               self.stage_id)
+        self.stats = Stats()
+        input_fds = _fd_list(ENV_INPUT_FDS) if self.managed else [0]
+        output_fds = _fd_list(ENV_OUTPUT_FDS) if self.managed else [1]
+        output_fds = [self._move_off_stdout(fd) for fd in output_fds]
+        peers = env.get(ENV_INPUT_STAGES, "").split(",") if input_fds else []
+        peers = (peers + ["upstream"] * len(input_fds))[:len(input_fds)]
+        self.inputs = Inputs(input_fds, peers, self.stats, self.control,
+                             self.max_frame_size)
+        self.outputs = Outputs(output_fds, self.stats, self.max_frame_size,
+                               self.batch_size)
+
+    @staticmethod
+    def _move_off_stdout(fd: int) -> int:
+        """Keep frames on a private descriptor and point fd 1 at stderr.
+
+        When the output pipe is stdout, a stray print() would corrupt the
+        frame stream; after this it lands in the stage's log instead.
+        """
+        if fd != 1:
+            return fd
+        private = os.dup(1)
+        os.dup2(2, 1)
+        return private
+
+    def open_stdout(self):
+        """Open flowctl's own standard output, for sinks given path '-'."""
+        fd = os.environ.get(ENV_STDOUT_FD)
+        if fd is None:
+            return os.fdopen(os.dup(1), "w", encoding="utf-8", newline="")
+        return os.fdopen(int(fd), "w", encoding="utf-8", newline="")
+
+    def open_stdin(self):
+        """Open flowctl's own standard input, for sources given path '-'."""
+        fd = os.environ.get(ENV_STDIN_FD)
+        if fd is None:
+            return os.fdopen(os.dup(0), "r", encoding="utf-8", newline="")
+        return os.fdopen(int(fd), "r", encoding="utf-8", newline="")
+
+    def start(self, role: str) -> None:
+        self.control.hello(role)
+        frame = protocol.hello_frame(self.stage_id)
+        for fd in self.outputs.fds:
+            protocol.write_all(fd, frame)
+        self._last_report = time.monotonic()
+
+    def report_stats(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_report >= HEARTBEAT_INTERVAL:
+            self._last_report = now
+            self.control.send({"type": "stats", **self.stats.as_dict()})
+
+    def finish(self) -> None:
+        """Flush, end every output and report the final counters."""
+        self.outputs.flush()
+        frame = protocol.end_frame()
+        for fd in self.outputs.fds:
+            protocol.write_all(fd, frame)
+        self.control.send({"type": "done", **self.stats.as_dict()})
+
+    def fail(self, message: str, exit_code: int = EXIT_FAILED,
+             **details: Any) -> None:
+        """Tell downstream stages and the orchestrator, then exit."""
+        self.control.send({"type": "error", "message": message,
+                           "exit_code": exit_code, **details})
+        frame = protocol.error_frame(self.stage_id, message)
+        for fd in self.outputs.fds:
+            try:
+                protocol.write_all(fd, frame)
+            except OSError:
+                pass
+        os._exit(exit_code)

@@ -1,0 +1,315 @@
+"""The stage library: write a flowctl stage in a few lines of Python.
+
+A source is a generator, a processor a function of one record, a sink a
+function of one record; each can also be a class when it needs set-up,
+state or a final step.  The library batches records into frames, flushes
+whenever the stage would otherwise wait, and reports counters to flowctl.
+
+Example, a processor that keeps long lines and upper-cases them::
+
+    import flowctl
+
+    def shout(record):
+        if len(record["line"]) > 40:
+            return {"line": record["line"].upper()}
+
+    if __name__ == "__main__":
+        flowctl.run_processor(shout)
+
+Returning None drops the record; a generator function may yield any
+number of records for each one it receives.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import time
+import traceback
+from typing import Any, Callable, Iterable, Iterator
+
+from flowctl import protocol
+from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
+                             Context, UpstreamFailed)
+
+RECORD_PREVIEW_CHARS = 200
+
+
+class Source:
+    """A stage that produces records.  Implement `records()`.
+
+    `open(config)` runs first with the stage's `config` mapping from the
+    pipeline file; `close()` runs after the last record, also when the run
+    is stopped early.  Yielding None emits nothing but lets the library
+    flush the current batch and answer flowctl, so a source that waits for
+    data (polling a file that grows, say) should yield None while it waits.
+    """
+
+    def open(self, config: dict[str, Any]) -> None:
+        """Prepare to produce records; `config` is the stage's config."""
+
+    def records(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what `open` acquired."""
+
+
+class Processor:
+    """A stage that turns each input record into zero or more records.
+
+    `process(record)` either returns one record (None for none) or, when
+    written as a generator, yields any number.  `finish()` runs after the
+    last input record and may return or yield final records.
+    """
+
+    def open(self, config: dict[str, Any]) -> None:
+        """Prepare to process; `config` is the stage's config."""
+
+    def process(self, record: Any) -> Any:
+        raise NotImplementedError
+
+    def finish(self) -> Iterable[Any] | None:
+        return None
+
+    def close(self) -> None:
+        """Release what `open` acquired."""
+
+
+class Sink:
+    """A stage that stores records.
+
+    Implement `write(record)`, or `write_batch(records)` for a faster path.
+    `flush()` runs whenever the input is idle and at the end of the stream;
+    after it returns, everything written so far should be stored.
+    """
+
+    def open(self, config: dict[str, Any]) -> None:
+        """Prepare to store records; `config` is the stage's config."""
+
+    def write(self, record: Any) -> None:
+        raise NotImplementedError
+
+    def write_batch(self, records: list[Any]) -> None:
+        for record in records:
+            self.write(record)
+
+    def flush(self) -> None:
+        """Make everything written so far durable or visible."""
+
+    def close(self) -> None:
+        """Release what `open` acquired."""
+
+
+class _FunctionSource(Source):
+    def __init__(self, function: Callable[[dict[str, Any]], Iterable[Any]]):
+        self.function = function
+
+    def open(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def records(self) -> Iterator[Any]:
+        return iter(self.function(self.config))
+
+
+class _FunctionProcessor(Processor):
+    def __init__(self, function: Callable[[Any], Any]) -> None:
+        self.process = function  # type: ignore[method-assign]
+
+
+class _FunctionSink(Sink):
+    def __init__(self, function: Callable[[Any], Any]) -> None:
+        self.write = function  # type: ignore[method-assign]
+
+
+def config() -> dict[str, Any]:
+    """Return this stage's `config` mapping from the pipeline file."""
+    return Context().config if _context is None else _context.config
+
+
+_context: Context | None = None
+
+
+def _preview(record: Any) -> str:
+    text = repr(record)
+    if len(text) > RECORD_PREVIEW_CHARS:
+        text = text[:RECORD_PREVIEW_CHARS - 3] + "..."
+    return text
+
+
+def _guard(ctx: Context, body: Callable[[], None]) -> None:
+    """Run a stage body, turning every failure into a report and exit code."""
+    try:
+        body()
+    except UpstreamFailed as error:
+        ctx.fail(str(error), EXIT_UPSTREAM_FAILED, upstream=error.stage)
+    except BadInput as error:
+        ctx.fail(str(error), EXIT_BAD_INPUT, upstream=error.stage)
+    except _RecordFailed as error:
+        traceback.print_exception(error.cause, file=sys.stderr)
+        sys.stderr.flush()
+        ctx.fail(f"{type(error.cause).__name__}: {error.cause} "
+                 f"(record {_preview(error.record)})")
+    except BrokenPipeError:
+        ctx.fail("a downstream stage closed its input")
+    except Exception as error:  # noqa: BLE001 - every failure is reported
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        ctx.fail(f"{type(error).__name__}: {error}")
+    sys.exit(0)
+
+
+class _RecordFailed(Exception):
+    def __init__(self, cause: BaseException, record: Any) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.record = record
+
+
+def _start(role: str) -> Context:
+    global _context
+    _context = Context()
+    _context.start(role)
+    return _context
+
+
+def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]]
+               ) -> None:
+    """Run a source: a `Source` instance or a generator function of config."""
+    if not isinstance(source, Source):
+        source = _FunctionSource(source)
+    ctx = _start("source")
+    _guard(ctx, lambda: _source_loop(ctx, source))
+
+
+def _source_loop(ctx: Context, source: Source) -> None:
+    source.open(ctx.config)
+    outputs = ctx.outputs
+    control = ctx.control
+    batch_size = ctx.batch_size
+    interval = ctx.flush_interval
+    monotonic = time.monotonic
+    generator = source.records()
+    buffer = outputs.buffer
+    last_flush = monotonic()
+    try:
+        for record in generator:
+            if record is not None:
+                buffer.append(record)
+                if (len(buffer) < batch_size
+                        and monotonic() - last_flush < interval):
+                    continue
+            outputs.flush()
+            buffer = outputs.buffer
+            last_flush = monotonic()
+            control.poll()
+            ctx.report_stats()
+            if control.stop_requested:
+                break
+    finally:
+        close = getattr(generator, "close", None)
+        if close is not None:
+            close()
+    source.close()
+    ctx.finish()
+
+
+def run_processor(processor: Processor | Callable[[Any], Any]) -> None:
+    """Run a processor: a `Processor` instance or a function of one record."""
+    if not isinstance(processor, Processor):
+        processor = _FunctionProcessor(processor)
+    ctx = _start("processor")
+    _guard(ctx, lambda: _processor_loop(ctx, processor))
+
+
+def _processor_loop(ctx: Context, processor: Processor) -> None:
+    processor.open(ctx.config)
+    outputs = ctx.outputs
+    batch_size = ctx.batch_size
+    function = processor.process
+    emits_many = inspect.isgeneratorfunction(function)
+
+    def on_idle() -> None:
+        outputs.flush()
+        ctx.report_stats()
+
+    while True:
+        item = ctx.inputs.next_frame(on_idle)
+        if item is None:
+            break
+        frame = item[1]
+        if frame[0] != protocol.BATCH:
+            outputs.flush()
+            outputs.write_frame(protocol.pack(frame))
+            continue
+        buffer = outputs.buffer
+        record = None
+        try:
+            if emits_many:
+                for record in frame[1]:
+                    buffer.extend(function(record))
+            else:
+                append = buffer.append
+                for record in frame[1]:
+                    result = function(record)
+                    if result is not None:
+                        append(result)
+        except Exception as error:
+            raise _RecordFailed(error, record) from error
+        if len(buffer) >= batch_size:
+            outputs.flush()
+        ctx.report_stats()
+    final = processor.finish()
+    if final is not None:
+        outputs.buffer.extend(final)
+    processor.close()
+    ctx.finish()
+
+
+def run_sink(sink: Sink | Callable[[Any], Any]) -> None:
+    """Run a sink: a `Sink` instance or a function of one record."""
+    if not isinstance(sink, Sink):
+        sink = _FunctionSink(sink)
+    ctx = _start("sink")
+    _guard(ctx, lambda: _sink_loop(ctx, sink))
+
+
+def _sink_loop(ctx: Context, sink: Sink) -> None:
+    sink.open(ctx.config)
+
+    def on_idle() -> None:
+        sink.flush()
+        ctx.report_stats()
+
+    while True:
+        item = ctx.inputs.next_frame(on_idle)
+        if item is None:
+            break
+        frame = item[1]
+        if frame[0] == protocol.BATCH:
+            sink.write_batch(frame[1])
+            ctx.report_stats()
+    sink.flush()
+    sink.close()
+    ctx.finish()
+
+
+def run(stage: Source | Processor | Sink) -> None:
+    """Run a stage object, choosing the loop by its base class."""
+    if isinstance(stage, Source):
+        run_source(stage)
+    elif isinstance(stage, Processor):
+        run_processor(stage)
+    elif isinstance(stage, Sink):
+        run_sink(stage)
+    else:
+        raise TypeError(f"{stage!r} is not a Source, Processor or Sink; "
+                        f"use run_source, run_processor or run_sink for "
+                        f"functions")
+
+
+def context() -> Context:
+    """Return the running stage's context (ids, config, flowctl's stdout)."""
+    if _context is None:
+        raise RuntimeError("no stage is running in this process")
+    return _context

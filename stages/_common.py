@@ -1,0 +1,52 @@
+"""Helpers shared by the built-in stages."""
+
+from __future__ import annotations
+
+import datetime
+import gzip
+import json
+import math
+import os
+import re
+from typing import IO, Any, Callable
+
+from flowctl.stage import context
+
+# Names an expression may use besides the record r and Python's builtins.
+EXPRESSION_GLOBALS: dict[str, Any] = {
+    "math": math, "re": re, "json": json, "datetime": datetime,
+}
+
+
+def compile_expression(source: str, key: str) -> Callable[[Any], Any]:
+    """Compile a Python expression over r into a one-argument function.
+
+    Expressions come from the user's own pipeline file and run with full
+    Python power, like an awk program; they are not a sandbox.
+    """
+    try:
+        code = compile(f"lambda r: ({source}\n)", f"<{key}>", "eval")
+    except SyntaxError as error:
+        raise ValueError(f"invalid Python expression in '{key}': "
+                         f"{source!r}: {error.msg}") from None
+    return eval(code, dict(EXPRESSION_GLOBALS))
+
+
+def open_input(path: str, newline: str | None = None) -> IO[str]:
+    """Open a text input: '-' is flowctl's stdin, '.gz' is decompressed."""
+    if path == "-":
+        return context().open_stdin()
+    if path.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace",
+                         newline=newline)
+    return open(path, encoding="utf-8", errors="replace", newline=newline)
+
+
+def open_output(path: str) -> IO[str]:
+    """Open a text output: '-' is flowctl's stdout; parents are created."""
+    if path == "-":
+        return context().open_stdout()
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    return open(path, "w", encoding="utf-8", newline="")

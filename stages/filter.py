@@ -1,0 +1,22 @@
+"""filter: keep the records for which a Python expression over r is true."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flowctl.stage import Processor, run
+from flowctl.stages._common import compile_expression
+
+
+class Filter(Processor):
+    def open(self, config: dict[str, Any]) -> None:
+        self.predicate = compile_expression(config["where"], "where")
+
+    def process(self, record: Any) -> Any:
+        if self.predicate(record):
+            return record
+        return None
+
+
+if __name__ == "__main__":
+    run(Filter())
