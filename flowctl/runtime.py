@@ -368,6 +368,7 @@ class Context:
     def fail(self, message: str, exit_code: int = EXIT_FAILED,
              **details: Any) -> None:
         """Tell downstream stages and the orchestrator, then exit."""
+        self.control.send({"type": "stats", **self.stats.as_dict()})
         self.control.send({"type": "error", "message": message,
                            "exit_code": exit_code, **details})
         frame = protocol.error_frame(self.stage_id, message)

@@ -362,16 +362,23 @@ class Run:
         return "the run failed"
 
     def _describe_failure(self, stage: StageProcess) -> str:
+        for other in self.stages.values():
+            if other.state == "failed" and other is not stage:
+                other.state = "stopped"
+        stage.state = "failed"
         code = stage.exit_code
         if code is not None and code < 0:
             how = f"was killed by signal {signal.Signals(-code).name}"
         else:
             how = f"exited with code {code}"
-        detail = ""
         if stage.error and stage.error.get("message"):
-            detail = f": {stage.error['message']}"
-        return (f"stage '{stage.spec.id}' {how}{detail}; see "
-                f"{stage.log_path}")
+            if "command_exit_code" in stage.error:
+                # The adapter's own exit code says nothing more.
+                return (f"stage '{stage.spec.id}' failed: "
+                        f"{stage.error['message']}; see {stage.log_path}")
+            return (f"stage '{stage.spec.id}' failed: "
+                    f"{stage.error['message']} ({how}); see {stage.log_path}")
+        return f"stage '{stage.spec.id}' {how}; see {stage.log_path}"
 
     def _log_of(self, stage_id: str) -> str:
         stage = self.stages.get(stage_id)
