@@ -52,7 +52,9 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
              "types": Param(str, help="'text' keeps every value a string; "
                                       "'auto' turns numbers into numbers and "
                                       "empty fields into null",
-                            choices=("text", "auto"))}),
+                            choices=("text", "auto")),
+             "nulls": Param(list, help="with types: auto, the field values "
+                                       "read as null; [\"\"] by default")}),
     Builtin("generate", "source", "generate",
             "records {'seq': i} for i from 0",
             {"count": Param(int, help="how many records; endless if absent"),

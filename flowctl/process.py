@@ -27,6 +27,19 @@ STDERR_READ_SIZE = 65536
 MAX_PENDING_STDERR = 64 * 1024
 
 
+def stage_path(path: str) -> str:
+    """PATH for stages: flowctl's own Python first.
+
+    A stage written with the stage library is usually started as
+    `python3 stage.py`; putting the directory of the interpreter running
+    flowctl first makes that the Python where flowctl is installed, even
+    when its virtual environment is not activated.
+    """
+    own = os.path.dirname(sys.executable)
+    parts = [part for part in path.split(os.pathsep) if part and part != own]
+    return os.pathsep.join([own] + parts)
+
+
 @dataclass
 class Wiring:
     """File descriptors the orchestrator created for one stage."""
@@ -79,6 +92,7 @@ class StageProcess:
                     control_fd: int) -> dict[str, str]:
         spec = self.spec
         env = dict(os.environ)
+        env["PATH"] = stage_path(os.environ.get("PATH", ""))
         env.update(spec.env)
         env.update({
             runtime.ENV_STAGE_ID: spec.id,

@@ -372,12 +372,10 @@ class Run:
         else:
             how = f"exited with code {code}"
         if stage.error and stage.error.get("message"):
-            if "command_exit_code" in stage.error:
-                # The adapter's own exit code says nothing more.
-                return (f"stage '{stage.spec.id}' failed: "
-                        f"{stage.error['message']}; see {stage.log_path}")
+            # The exit status adds nothing to the stage's own report; it may
+            # even be the SIGTERM sent while the run was being stopped.
             return (f"stage '{stage.spec.id}' failed: "
-                    f"{stage.error['message']} ({how}); see {stage.log_path}")
+                    f"{stage.error['message']}; see {stage.log_path}")
         return f"stage '{stage.spec.id}' {how}; see {stage.log_path}"
 
     def _log_of(self, stage_id: str) -> str:

@@ -16,6 +16,7 @@ from flowctl import codecs, document, units
 from flowctl.builtins import BUILTINS, ROLE_SECTIONS
 from flowctl.document import Document, Problem
 from flowctl.pipeline import API_VERSION, KIND, Pipeline, StageSpec
+from flowctl.process import stage_path
 
 TOP_KEYS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_KEYS = ("name", "description", "labels")
@@ -359,7 +360,8 @@ def _check_executable(checker: Validator, path: tuple, entry: dict,
             checker.problem(where, f"command is not executable: {program!r}",
                             f"run chmod +x {program}")
     else:
-        search_path = str(env.get("PATH", os.environ.get("PATH", "")))
+        search_path = str(env.get("PATH") or
+                          stage_path(os.environ.get("PATH", "")))
         if shutil.which(program, path=search_path) is None:
             checker.problem(where, f"command not found: {program!r}",
                             "install it or check PATH")

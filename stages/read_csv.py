@@ -1,7 +1,8 @@
 """read-csv: one record per row, a mapping keyed by the header row.
 
 With `types: auto`, fields that read as integers or decimals become numbers
-and empty fields become null; by default every value stays a string.
+and the values listed in `nulls` (by default only the empty string) become
+null; by default every value stays a string.
 """
 
 from __future__ import annotations
@@ -13,9 +14,16 @@ from flowctl.stage import run_source
 from flowctl.stages._common import open_input
 
 
-def convert(value: str) -> Any:
-    if value == "":
+NUMBER_START = frozenset("0123456789+-.")
+
+
+def convert(value: str, nulls: frozenset[str]) -> Any:
+    if value in nulls:
         return None
+    if value[:1] not in NUMBER_START:
+        return value
+    if value.isdigit():
+        return int(value)
     try:
         return int(value)
     except ValueError:
@@ -29,10 +37,11 @@ def convert(value: str) -> Any:
 def read_csv(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
     auto = config.get("types", "text") == "auto"
     delimiter = config.get("delimiter", ",")
+    nulls = frozenset(config.get("nulls", [""]))
     with open_input(config["path"], newline="") as file:
         for row in csv.DictReader(file, delimiter=delimiter):
             if auto:
-                row = {key: convert(value) if isinstance(value, str) else value
+                row = {key: convert(value, nulls) if isinstance(value, str) else value
                        for key, value in row.items()}
             yield row
 

@@ -1,0 +1,40 @@
+"""Decode each batch frame on stdin and encode it again on stdout.
+
+This is the pass-through processor of the bare msgpack baseline.  Frames
+are a 4-byte big-endian payload length and a msgpack payload
+[2, [record, ...]], as in flowctl.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import msgpack
+
+HEADER = struct.Struct(">I")
+BATCH = 2
+READ_BUFFER_SIZE = 1024 * 1024
+
+
+def main() -> None:
+    pack = msgpack.Packer(use_bin_type=True).pack
+    unpackb = msgpack.unpackb
+    pack_header = HEADER.pack
+    unpack_header = HEADER.unpack
+    with open(0, "rb", buffering=READ_BUFFER_SIZE, closefd=False) as source, \
+            open(1, "wb", closefd=False) as out:
+        read = source.read
+        write = out.write
+        while header := read(HEADER.size):
+            (size,) = unpack_header(header)
+            kind, records = unpackb(read(size))
+            if kind != BATCH:
+                sys.exit(f"msgpack_pass: expected a batch frame (type "
+                         f"{BATCH}), got frame type {kind!r}")
+            payload = pack([BATCH, records])
+            write(pack_header(len(payload)) + payload)
+
+
+if __name__ == "__main__":
+    main()

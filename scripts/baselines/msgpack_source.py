@@ -1,0 +1,36 @@
+"""Write N records {"seq": i} to stdout as flowctl batch frames.
+
+Usage: python msgpack_source.py N
+
+A frame is a 4-byte big-endian payload length and a msgpack payload
+[2, [record, ...]], the same framing flowctl stages use, with up to
+BATCH_SIZE records a frame.  End of stream is the end of the pipe.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+
+import msgpack
+
+HEADER = struct.Struct(">I")
+BATCH = 2
+BATCH_SIZE = 1024
+
+
+def main() -> None:
+    count = int(sys.argv[1])
+    pack = msgpack.Packer(use_bin_type=True).pack
+    pack_header = HEADER.pack
+    with open(1, "wb", closefd=False) as out:
+        write = out.write
+        for start in range(0, count, BATCH_SIZE):
+            stop = min(start + BATCH_SIZE, count)
+            payload = pack([BATCH, [{"seq": seq}
+                                    for seq in range(start, stop)]])
+            write(pack_header(len(payload)) + payload)
+
+
+if __name__ == "__main__":
+    main()

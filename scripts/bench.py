@@ -1,0 +1,373 @@
+"""Measure flowctl's record throughput against two baseline pipelines.
+
+Every contender moves N small records {"seq": i} through a source, two
+pass-through processors and a sink, each step its own Python process:
+
+- flowctl: `generate | map expr=r | map expr=r | discard`, run as the real
+  CLI (`python -m flowctl run -e ... --no-live`);
+- bare msgpack: the scripts in scripts/baselines/msgpack_*.py joined with
+  `|` by /bin/sh, speaking flowctl's framing with batches of 1024 records
+  and nothing else (no handshake, control channel or supervisor);
+- JSON lines: the scripts in scripts/baselines/jsonl_*.py joined with `|`
+  by /bin/sh, one JSON document a line.
+
+Each run is timed wall-clock around the whole command, interpreter
+start-up included, and counts only if its sink saw exactly N records.
+Runs are interleaved (round 1 of every contender, then round 2, ...) so
+that a slow spell on the machine hits all contenders alike.  Throughput
+is N divided by the best (shortest) run; the median is shown beside it.
+
+Usage::
+
+    python scripts/bench.py
+    python scripts/bench.py --records 500000 --repeat 5 --json
+
+Exit codes: 0 every run was valid, 1 a run failed or its sink count was
+wrong, 2 usage error, 3 a target was missed and --check was given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_RECORDS = 2_000_000
+DEFAULT_REPEAT = 3
+DEFAULT_TIMEOUT_SECONDS = 900.0
+
+# The project's throughput targets: flowctl at this share of the bare
+# msgpack pipeline or more, and at this multiple of JSON lines or more.
+TARGET_VS_BARE_MSGPACK = 0.8
+TARGET_VS_JSON_LINES = 5.0
+
+EXIT_OK = 0
+EXIT_BROKEN_RUN = 1
+EXIT_TARGET_MISSED = 3
+
+SCRIPT_DIR = Path(__file__).resolve().parent
+REPOSITORY_DIR = SCRIPT_DIR.parent
+BASELINE_DIR = SCRIPT_DIR / "baselines"
+SHELL = "/bin/sh"
+
+FLOWCTL_PIPELINE = "generate count={records} | map expr=r | map expr=r | discard"
+# The plain view's line for a stage that exited 0, e.g.
+# "12:00:00 run=ab12 stage=discard finished in=2,000,000 out=0".
+FLOWCTL_SINK_PATTERN = re.compile(r"stage=discard finished in=([\d,]+)")
+STDERR_TAIL_CHARS = 2000
+
+FLOWCTL = "flowctl"
+BARE_MSGPACK = "bare-msgpack"
+JSON_LINES = "json-lines"
+CONTENDER_NAMES = (FLOWCTL, BARE_MSGPACK, JSON_LINES)
+
+
+class BrokenRun(Exception):
+    """A contender exited with an error or its sink count was not N."""
+
+
+@dataclass
+class Contender:
+    """One pipeline under test: how to start it and how to read its count."""
+
+    name: str
+    label: str
+    argv: list[str]
+    read_count: Callable[[str, str], int | None]
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def command(self) -> str:
+        return shlex.join(self.argv)
+
+    def summary(self, records: int) -> dict[str, Any]:
+        best = min(self.seconds)
+        median = statistics.median(self.seconds)
+        return {
+            "label": self.label,
+            "command": self.command,
+            "seconds": [round(value, 4) for value in self.seconds],
+            "best_seconds": round(best, 4),
+            "median_seconds": round(median, 4),
+            "best_records_per_second": round(records / best),
+            "median_records_per_second": round(records / median),
+        }
+
+
+def _count_from_stdout(stdout: str, stderr: str) -> int | None:
+    lines = stdout.strip().splitlines()
+    if not lines or not lines[-1].strip().isdigit():
+        return None
+    return int(lines[-1])
+
+
+def _count_from_flowctl(stdout: str, stderr: str) -> int | None:
+    match = FLOWCTL_SINK_PATTERN.search(stderr)
+    if match is None:
+        return None
+    return int(match.group(1).replace(",", ""))
+
+
+def _shell_pipeline(python: str, scripts: list[str], records: int
+                    ) -> list[str]:
+    steps = []
+    for index, script in enumerate(scripts):
+        argv = [python, str(BASELINE_DIR / script)]
+        if index == 0:
+            argv.append(str(records))
+        steps.append(shlex.join(argv))
+    return [SHELL, "-c", " | ".join(steps)]
+
+
+def build_contenders(names: list[str], python: str, records: int,
+                     home: str) -> list[Contender]:
+    """Build the contenders to run, in the order given by `names`."""
+    flowctl_argv = [python, "-m", "flowctl", "run",
+                    "-e", FLOWCTL_PIPELINE.format(records=records),
+                    "--no-live", "--home", home]
+    msgpack_argv = _shell_pipeline(
+        python, ["msgpack_source.py", "msgpack_pass.py", "msgpack_pass.py",
+                 "msgpack_sink.py"], records)
+    jsonl_argv = _shell_pipeline(
+        python, ["jsonl_source.py", "jsonl_pass.py", "jsonl_pass.py",
+                 "jsonl_sink.py"], records)
+    available = {
+        FLOWCTL: Contender(FLOWCTL, "flowctl", flowctl_argv,
+                           _count_from_flowctl),
+        BARE_MSGPACK: Contender(BARE_MSGPACK, "bare msgpack (limit)",
+                                msgpack_argv, _count_from_stdout),
+        JSON_LINES: Contender(JSON_LINES, "JSON lines via sh",
+                              jsonl_argv, _count_from_stdout),
+    }
+    return [available[name] for name in names]
+
+
+def _tail(text: str) -> str:
+    text = text.strip()
+    if len(text) > STDERR_TAIL_CHARS:
+        text = "..." + text[-STDERR_TAIL_CHARS:]
+    return text
+
+
+def run_once(contender: Contender, records: int, timeout: float) -> float:
+    """Run a contender once; return its wall-clock seconds.
+
+    Raises BrokenRun when the command fails, times out, or its sink did not
+    count exactly `records` records.
+    """
+    started = time.perf_counter()
+    # A session of its own lets a timed-out run be killed with every
+    # process of its pipeline, not just the shell or flowctl at its head.
+    process = subprocess.Popen(
+        contender.argv, cwd=REPOSITORY_DIR, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise BrokenRun(f"{contender.name} timed out after {timeout:g} s; "
+                        f"raise --timeout or lower --records") from None
+    elapsed = time.perf_counter() - started
+    if process.returncode != 0:
+        raise BrokenRun(f"{contender.name} exited with code "
+                        f"{process.returncode}: {_tail(stderr)}")
+    count = contender.read_count(stdout, stderr)
+    if count != records:
+        raise BrokenRun(f"{contender.name}'s sink counted {count} records, "
+                        f"expected {records}: {_tail(stderr)}")
+    return elapsed
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _interpreter_versions(python: str) -> dict[str, str]:
+    probe = ("import json, platform, msgpack; print(json.dumps({"
+             "'python': platform.python_version(), "
+             "'msgpack': '.'.join(map(str, msgpack.version))}))")
+    output = subprocess.run([python, "-c", probe], capture_output=True,
+                            text=True, check=True).stdout
+    return json.loads(output)
+
+
+def describe_machine(python: str) -> dict[str, Any]:
+    """Collect the facts a reader needs to compare results across machines."""
+    info: dict[str, Any] = {
+        "cpus_available": len(os.sched_getaffinity(0)),
+        "cpu_model": _cpu_model(),
+        "kernel": platform.release(),
+        "python_executable": python,
+    }
+    info.update(_interpreter_versions(python))
+    info["python_dont_write_bytecode"] = bool(
+        os.environ.get("PYTHONDONTWRITEBYTECODE"))
+    return info
+
+
+def _ratio(numerator: Contender | None, denominator: Contender | None,
+           pick: Callable[[list[float]], float]) -> float | None:
+    if numerator is None or denominator is None:
+        return None
+    # Throughput ratio: the same N records, so it is the inverse time ratio.
+    return pick(denominator.seconds) / pick(numerator.seconds)
+
+
+def compute_ratios(contenders: list[Contender]) -> dict[str, Any]:
+    """Compare flowctl with each baseline, by best and by median run."""
+    by_name = {contender.name: contender for contender in contenders}
+    flowctl = by_name.get(FLOWCTL)
+    ratios: dict[str, Any] = {}
+    for baseline, target in ((BARE_MSGPACK, TARGET_VS_BARE_MSGPACK),
+                             (JSON_LINES, TARGET_VS_JSON_LINES)):
+        best = _ratio(flowctl, by_name.get(baseline), min)
+        median = _ratio(flowctl, by_name.get(baseline), statistics.median)
+        if best is None or median is None:
+            continue
+        ratios[f"flowctl/{baseline}"] = {
+            "best": round(best, 3),
+            "median": round(median, 3),
+            "target_min": target,
+            "met": best >= target,
+        }
+    return ratios
+
+
+def format_table(records: int, repeat: int, contenders: list[Contender],
+                 ratios: dict[str, Any]) -> str:
+    """Render the results as a plain-text table."""
+    lines = [f"{records:,} records through source -> map -> map -> sink; "
+             f"best and median of {repeat} runs",
+             "",
+             f"{'contender':<22} {'best s':>8} {'median s':>9} "
+             f"{'best rec/s':>12} {'median rec/s':>13}"]
+    for contender in contenders:
+        best = min(contender.seconds)
+        median = statistics.median(contender.seconds)
+        lines.append(f"{contender.label:<22} {best:>8.3f} {median:>9.3f} "
+                     f"{records / best:>12,.0f} {records / median:>13,.0f}")
+    if ratios:
+        lines += ["",
+                  f"{'ratio (records/s)':<26} {'best':>6} {'median':>7} "
+                  f"{'target':>8}  met"]
+        for name, ratio in ratios.items():
+            target = f">= {ratio['target_min']:g}"
+            lines.append(f"{name:<26} {ratio['best']:>6.2f} "
+                         f"{ratio['median']:>7.2f} {target:>8}  "
+                         f"{'yes' if ratio['met'] else 'no'}")
+    return "\n".join(lines)
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Measure records/s of flowctl against a bare msgpack "
+                    "pipeline and a JSON-lines shell pipeline.")
+    parser.add_argument("--records", type=int, default=DEFAULT_RECORDS,
+                        metavar="N",
+                        help="records each pipeline moves "
+                             f"(default {DEFAULT_RECORDS:,})")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        metavar="K",
+                        help="runs per contender; throughput uses the best "
+                             f"run (default {DEFAULT_REPEAT})")
+    parser.add_argument("--contenders", default=",".join(CONTENDER_NAMES),
+                        metavar="NAMES",
+                        help="comma-separated subset of "
+                             f"{', '.join(CONTENDER_NAMES)} (default all)")
+    parser.add_argument("--python", default=sys.executable,
+                        help="interpreter every contender runs under, with "
+                             "flowctl and msgpack installed (default: the "
+                             "one running this script)")
+    parser.add_argument("--timeout", type=float,
+                        default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+                        help="limit for one run in seconds (default "
+                             f"{DEFAULT_TIMEOUT_SECONDS:g})")
+    parser.add_argument("--json", action="store_true",
+                        help="print the results as one JSON document")
+    parser.add_argument("--check", action="store_true",
+                        help=f"exit with code {EXIT_TARGET_MISSED} when "
+                             "flowctl misses a target")
+    arguments = parser.parse_args(argv)
+    if arguments.records < 1:
+        parser.error(f"--records must be at least 1, got {arguments.records}")
+    if arguments.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {arguments.repeat}")
+    names = [name.strip() for name in arguments.contenders.split(",")
+             if name.strip()]
+    unknown = [name for name in names if name not in CONTENDER_NAMES]
+    if unknown or not names:
+        parser.error(f"invalid --contenders {arguments.contenders!r}; use "
+                     f"a comma-separated subset of "
+                     f"{', '.join(CONTENDER_NAMES)}")
+    arguments.contender_names = list(dict.fromkeys(names))
+    return arguments
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    records = arguments.records
+    machine = describe_machine(arguments.python)
+    with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as home:
+        contenders = build_contenders(arguments.contender_names,
+                                      arguments.python, records, home)
+        for round_number in range(1, arguments.repeat + 1):
+            for contender in contenders:
+                try:
+                    seconds = run_once(contender, records, arguments.timeout)
+                except BrokenRun as error:
+                    print(f"bench: run {round_number} failed: {error}",
+                          file=sys.stderr)
+                    return EXIT_BROKEN_RUN
+                contender.seconds.append(seconds)
+                if not arguments.json:
+                    print(f"run {round_number}/{arguments.repeat} "
+                          f"{contender.name}: {seconds:.3f} s",
+                          file=sys.stderr)
+    ratios = compute_ratios(contenders)
+    targets_met = all(ratio["met"] for ratio in ratios.values())
+    if arguments.json:
+        document = {
+            "records": records,
+            "repeat": arguments.repeat,
+            "statistic": "best run (shortest wall-clock time); "
+                         "median also given",
+            "machine": machine,
+            "contenders": {contender.name: contender.summary(records)
+                           for contender in contenders},
+            "ratios": ratios,
+            "targets_met": targets_met,
+        }
+        print(json.dumps(document, indent=2))
+    else:
+        print(f"machine: {machine['cpus_available']} CPUs, "
+              f"{machine['cpu_model']}, Python {machine['python']}, "
+              f"msgpack {machine['msgpack']}")
+        print(format_table(records, arguments.repeat, contenders, ratios))
+    if arguments.check and not targets_met:
+        return EXIT_TARGET_MISSED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
