@@ -149,8 +149,10 @@ class Outputs:
         self.max_frame_size = max_frame_size
         self.batch_size = batch_size
         self.buffer: list[Any] = []
+        self.last_flush = time.monotonic()
 
     def flush(self) -> None:
+        self.last_flush = time.monotonic()
         if not self.buffer:
             return
         records = self.buffer

@@ -33,6 +33,8 @@ from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
                              Context, UpstreamFailed)
 
 RECORD_PREVIEW_CHARS = 200
+# A sink that never waits for input still flushes (commits) this often.
+SINK_FLUSH_INTERVAL = 1.0
 
 
 class Source:
@@ -80,8 +82,9 @@ class Sink:
     """A stage that stores records.
 
     Implement `write(record)`, or `write_batch(records)` for a faster path.
-    `flush()` runs whenever the input is idle and at the end of the stream;
-    after it returns, everything written so far should be stored.
+    `flush()` runs whenever the input is idle, at least once a second while
+    records keep coming, and at the end of the stream; after it returns,
+    everything written so far should be stored.
     """
 
     def open(self, config: dict[str, Any]) -> None:
@@ -226,6 +229,7 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
     processor.open(ctx.config)
     outputs = ctx.outputs
     batch_size = ctx.batch_size
+    interval = ctx.flush_interval
     function = processor.process
     emits_many = inspect.isgeneratorfunction(function)
 
@@ -256,7 +260,8 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
                         append(result)
         except Exception as error:
             raise _RecordFailed(error, record) from error
-        if len(buffer) >= batch_size:
+        if (len(buffer) >= batch_size
+                or time.monotonic() - outputs.last_flush >= interval):
             outputs.flush()
         ctx.report_stats()
     final = processor.finish()
@@ -276,9 +281,12 @@ def run_sink(sink: Sink | Callable[[Any], Any]) -> None:
 
 def _sink_loop(ctx: Context, sink: Sink) -> None:
     sink.open(ctx.config)
+    last_flush = time.monotonic()
 
     def on_idle() -> None:
+        nonlocal last_flush
         sink.flush()
+        last_flush = time.monotonic()
         ctx.report_stats()
 
     while True:
@@ -288,7 +296,10 @@ def _sink_loop(ctx: Context, sink: Sink) -> None:
         frame = item[1]
         if frame[0] == protocol.BATCH:
             sink.write_batch(frame[1])
-            ctx.report_stats()
+            if time.monotonic() - last_flush >= SINK_FLUSH_INTERVAL:
+                on_idle()
+            else:
+                ctx.report_stats()
     sink.flush()
     sink.close()
     ctx.finish()

@@ -253,6 +253,7 @@ def test_second_sigint_stops_at_once(tmp_path, env, home, spawned):
         kind: Pipeline
         spec:
           supervisor: {{stop_timeout: 10m}}
+          frames: {{batch_size: 10}}
           sources:
             - {{id: numbers, stage: generate}}
           sinks:
