@@ -58,7 +58,6 @@ EXIT_BROKEN_RUN = 1
 EXIT_TARGET_MISSED = 3
 
 SCRIPT_DIR = Path(__file__).resolve().parent
-REPOSITORY_DIR = SCRIPT_DIR.parent
 BASELINE_DIR = SCRIPT_DIR / "baselines"
 SHELL = "/bin/sh"
 
@@ -171,7 +170,7 @@ def run_once(contender: Contender, records: int, timeout: float) -> float:
     # A session of its own lets a timed-out run be killed with every
     # process of its pipeline, not just the shell or flowctl at its head.
     process = subprocess.Popen(
-        contender.argv, cwd=REPOSITORY_DIR, stdin=subprocess.DEVNULL,
+        contender.argv, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:

@@ -1,0 +1,340 @@
+"""A flowctl processor that uses only the standard library and msgpack.
+
+It follows docs/protocol.md and does not import flowctl, so the tests that
+run it show that the document is enough to write a stage in any language.
+The stage doubles one numeric field of every map record: the field named by
+the config key "field" ("value" when absent). Records without that field
+pass through unchanged. It reads any number of inputs, writes every frame to
+every output, forwards barriers, and uses the control channel when
+FLOWCTL_CONTROL_FD is set.
+
+At start it writes its input and output descriptors to stderr, which flowctl
+keeps in the stage's log, so tests can see how the pipes were wired.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import struct
+import sys
+import time
+import traceback
+from typing import Any
+
+import msgpack
+
+HEADER = struct.Struct(">I")
+PROTOCOL = "flowctl"
+VERSION = 1
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+READ_SIZE = 1 << 16
+STATS_INTERVAL_SECONDS = 0.5
+
+HELLO = 1
+BATCH = 2
+BARRIER = 3
+END = 4
+ERROR = 5
+
+EXIT_FAILED = 1
+EXIT_UPSTREAM_FAILED = 3
+EXIT_BAD_INPUT = 4
+
+
+class StageFailed(Exception):
+    """A failure to report downstream and to flowctl, with its exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILED,
+                 upstream: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.upstream = upstream
+
+
+def encode_frame(value: Any) -> bytes:
+    payload = msgpack.packb(value, use_bin_type=True)
+    return HEADER.pack(len(payload)) + payload
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def parse_fds(name: str) -> list[int]:
+    return [int(part) for part in os.environ.get(name, "").split(",") if part]
+
+
+class Counters:
+    """Totals since start, in the fields of the control `stats` message."""
+
+    def __init__(self) -> None:
+        self.records_in = 0
+        self.records_out = 0
+        self.frames_in = 0
+        self.frames_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def as_message(self, kind: str) -> dict[str, Any]:
+        return {"type": kind, **vars(self)}
+
+
+class Control:
+    """The control channel; every method does nothing without one."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.last_stats = 0.0
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.fd is None:
+            return
+        try:
+            write_all(self.fd, encode_frame(message))
+        except OSError:
+            # flowctl is gone, and the kernel ends this process with it.
+            self.fd = None
+
+    def send_stats(self, counters: Counters) -> None:
+        now = time.monotonic()
+        if now - self.last_stats >= STATS_INTERVAL_SECONDS:
+            self.last_stats = now
+            self.send(counters.as_message("stats"))
+
+
+class Input:
+    """One input pipe: its writer's id, unread bytes and protocol state."""
+
+    def __init__(self, fd: int, stage: str, max_frame_size: int) -> None:
+        self.fd = fd
+        self.stage = stage
+        self.max_frame_size = max_frame_size
+        self.buffer = bytearray()
+        self.greeted = False
+        self.ended = False
+
+    def bad_input(self, problem: str) -> StageFailed:
+        return StageFailed(f"stage '{self.stage}' {problem}", EXIT_BAD_INPUT,
+                           self.stage)
+
+    def read_frames(self, counters: Counters) -> list[tuple[bytes, Any]]:
+        """Read once and return each complete frame as (bytes, value).
+
+        End of file at a frame boundary marks the input ended.
+        """
+        chunk = os.read(self.fd, READ_SIZE)
+        if not chunk:
+            if self.buffer:
+                raise self.bad_input(f"closed its output in the middle of a "
+                                     f"frame ({len(self.buffer)} bytes left)")
+            self.ended = True
+            return []
+        counters.bytes_in += len(chunk)
+        self.buffer += chunk
+        frames = []
+        position = 0
+        while len(self.buffer) - position >= HEADER.size:
+            (size,) = HEADER.unpack_from(self.buffer, position)
+            if size > self.max_frame_size:
+                raise self.bad_input(f"sent a frame of {size} bytes, over the "
+                                     f"maximum of {self.max_frame_size} bytes")
+            end = position + HEADER.size + size
+            if end > len(self.buffer):
+                break
+            payload = bytes(self.buffer[position + HEADER.size:end])
+            try:
+                value = msgpack.unpackb(payload, raw=False,
+                                        strict_map_key=False)
+            except (ValueError, msgpack.UnpackException) as error:
+                raise self.bad_input(f"sent a frame that is not valid "
+                                     f"msgpack: {error}") from None
+            frames.append((bytes(self.buffer[position:end]), value))
+            position = end
+        del self.buffer[:position]
+        return frames
+
+
+class DoubleStage:
+    """The processor: wiring from the environment, and the frame loop."""
+
+    def __init__(self) -> None:
+        env = os.environ
+        self.stage_id = env.get("FLOWCTL_STAGE_ID", "foreign")
+        managed = "FLOWCTL_CONTROL_FD" in env
+        control_fd = env.get("FLOWCTL_CONTROL_FD")
+        self.control = Control(int(control_fd) if control_fd else None)
+        self.max_frame_size = int(env.get("FLOWCTL_MAX_FRAME_SIZE")
+                                  or DEFAULT_MAX_FRAME_SIZE)
+        config = json.loads(env.get("FLOWCTL_CONFIG") or "{}")
+        self.field = config.get("field", "value")
+        self.counters = Counters()
+        # Started by hand, a stage reads frames on stdin and writes stdout.
+        input_fds = parse_fds("FLOWCTL_INPUT_FDS") if managed else [0]
+        output_fds = parse_fds("FLOWCTL_OUTPUT_FDS") if managed else [1]
+        sys.stderr.write(f"input fds: {','.join(map(str, input_fds))}\n"
+                         f"output fds: {','.join(map(str, output_fds))}\n")
+        sys.stderr.flush()
+        self.output_fds = [self.protect_stdout(fd) for fd in output_fds]
+        writers = [name for name in env.get("FLOWCTL_INPUT_STAGES", "")
+                   .split(",") if name]
+        writers += ["upstream"] * (len(input_fds) - len(writers))
+        self.inputs = [Input(fd, writer, self.max_frame_size)
+                       for fd, writer in zip(input_fds, writers)]
+
+    @staticmethod
+    def protect_stdout(fd: int) -> int:
+        """Move the output pipe off fd 1 and point fd 1 at stderr.
+
+        After this, a stray write to stdout lands in the log instead of
+        corrupting the frame stream.
+        """
+        if fd != 1:
+            return fd
+        private = os.dup(1)
+        os.dup2(2, 1)
+        return private
+
+    def write_frame(self, frame: bytes) -> None:
+        for fd in self.output_fds:
+            write_all(fd, frame)
+        self.counters.frames_out += 1
+        self.counters.bytes_out += len(frame) * len(self.output_fds)
+
+    def write_batch(self, records: list[Any]) -> None:
+        """Write records as one batch, or as halves if over the maximum."""
+        frame = encode_frame([BATCH, records])
+        if len(frame) - HEADER.size > self.max_frame_size:
+            if len(records) == 1:
+                raise StageFailed(f"a record of {len(frame)} bytes is over "
+                                  f"the maximum frame size of "
+                                  f"{self.max_frame_size} bytes")
+            middle = len(records) // 2
+            self.write_batch(records[:middle])
+            self.write_batch(records[middle:])
+            return
+        self.write_frame(frame)
+        self.counters.records_out += len(records)
+
+    def double(self, record: Any) -> Any:
+        if not isinstance(record, dict) or self.field not in record:
+            return record
+        value = record[self.field]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise StageFailed(f"field {self.field!r} is not a number in "
+                              f"record {record!r}")
+        return {**record, self.field: value * 2}
+
+    def run(self) -> None:
+        self.control.send({"type": "hello", "stage": self.stage_id,
+                           "pid": os.getpid(), "role": "processor",
+                           "version": VERSION})
+        self.write_frame(encode_frame(
+            [HELLO, {"protocol": PROTOCOL, "version": VERSION,
+                     "stage": self.stage_id}]))
+        while True:
+            open_inputs = {item.fd: item for item in self.inputs
+                           if not item.ended}
+            if not open_inputs:
+                break
+            ready, _, _ = select.select(list(open_inputs), [], [])
+            for fd in ready:
+                source = open_inputs[fd]
+                for raw, value in source.read_frames(self.counters):
+                    self.handle(source, raw, value)
+                    if source.ended:
+                        # The end frame is the last one a pipe carries.
+                        break
+            self.control.send_stats(self.counters)
+        self.write_frame(encode_frame([END]))
+        self.control.send(self.counters.as_message("done"))
+
+    def handle(self, source: Input, raw: bytes, frame: Any) -> None:
+        if not source.greeted:
+            check_hello(source, frame)
+            source.greeted = True
+            return
+        if (not isinstance(frame, list) or not frame
+                or not isinstance(frame[0], int)):
+            raise source.bad_input(f"sent {frame!r:.60}, not a frame")
+        kind = frame[0]
+        if kind == BATCH:
+            if len(frame) < 2 or not isinstance(frame[1], list):
+                raise source.bad_input("sent a batch frame without a "
+                                       "list of records")
+            self.counters.frames_in += 1
+            self.counters.records_in += len(frame[1])
+            results = [self.double(record) for record in frame[1]]
+            if results:
+                self.write_batch(results)
+        elif kind == BARRIER:
+            # Each batch is written out as soon as it is processed, so
+            # nothing is buffered and the barrier can go on at once.
+            self.write_frame(raw)
+        elif kind == END:
+            source.ended = True
+        elif kind == ERROR:
+            info = frame[1] if len(frame) > 1 and isinstance(frame[1], dict) \
+                else {}
+            upstream = str(info.get("stage", source.stage))
+            message = str(info.get("message", "no message"))
+            raise StageFailed(f"upstream stage '{upstream}' failed: {message}",
+                              EXIT_UPSTREAM_FAILED, upstream)
+        else:
+            raise source.bad_input(f"sent an unknown frame type {kind!r}")
+
+    def fail(self, failure: StageFailed) -> None:
+        """Report the failure to flowctl and downstream, then exit."""
+        self.control.send(self.counters.as_message("stats"))
+        message = {"type": "error", "message": failure.message,
+                   "exit_code": failure.exit_code}
+        if failure.upstream is not None:
+            message["upstream"] = failure.upstream
+        self.control.send(message)
+        frame = encode_frame([ERROR, {"stage": self.stage_id,
+                                      "message": failure.message}])
+        for fd in self.output_fds:
+            try:
+                write_all(fd, frame)
+            except OSError:
+                pass
+        sys.stderr.write(f"{failure.message}\n")
+        sys.stderr.flush()
+        os._exit(failure.exit_code)
+
+
+def check_hello(source: Input, frame: Any) -> None:
+    if (not isinstance(frame, list) or len(frame) < 2 or frame[0] != HELLO
+            or not isinstance(frame[1], dict)):
+        raise source.bad_input(f"sent {frame!r:.60} as its first frame, "
+                               f"not a hello")
+    info = frame[1]
+    if info.get("protocol") != PROTOCOL:
+        raise source.bad_input(f"speaks protocol {info.get('protocol')!r}, "
+                               f"not {PROTOCOL!r}")
+    if info.get("version") != VERSION:
+        raise source.bad_input(f"speaks protocol version "
+                               f"{info.get('version')!r}, not {VERSION}")
+
+
+def main() -> None:
+    stage = DoubleStage()
+    try:
+        stage.run()
+    except StageFailed as failure:
+        stage.fail(failure)
+    except BrokenPipeError:
+        stage.fail(StageFailed("a downstream stage closed its input"))
+    except Exception as error:  # noqa: BLE001 - every failure is reported
+        traceback.print_exc(file=sys.stderr)
+        stage.fail(StageFailed(f"{type(error).__name__}: {error}"))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
