@@ -113,6 +113,7 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
         argv, stdin=subprocess.PIPE if has_inputs else subprocess.DEVNULL,
         stdout=stdout, preexec_fn=child_setup(new_process_group=False),
         pass_fds=() if has_outputs else (stdout,))
+    ctx.ready()
     feeder = None
     if has_inputs:
         feeder = Feeder(ctx, process.stdin, codec_name)
@@ -165,7 +166,7 @@ def _read_output(ctx: Context, process: subprocess.Popen, codec: Any) -> None:
         if not data:
             break
         outputs.buffer.extend(codec.decode(data))
-        if len(outputs.buffer) >= outputs.batch_size:
+        if len(outputs.buffer) >= outputs.limit:
             outputs.flush()
         ctx.report_stats()
     outputs.buffer.extend(codec.decode_end())

@@ -60,7 +60,7 @@ class RateMeter:
 def throughput_count(stage: StageProcess) -> int | None:
     """The count that measures a stage's progress: out, or in for sinks."""
     key = "records_in" if stage.spec.role == "sink" else "records_out"
-    return stage.stats.get(key)
+    return stage.totals.get(key)
 
 
 class View:
@@ -89,15 +89,18 @@ class View:
     def summary(self, elapsed: float) -> None:
         width = max(len(stage.spec.id) for stage in self.stages)
         for stage in self.stages:
-            duration = (stage.ended_at or time.time()) - (stage.started_at
-                                                          or time.time())
+            duration = (stage.ended_at or time.time()) - (
+                stage.first_started_at or time.time())
             count = throughput_count(stage)
             rate = (format_rate(count / duration)
                     if count is not None and duration > 0 else "-")
+            totals = stage.totals
             line = (f"  {stage.spec.id:<{width}}  {stage.state:<9} "
-                    f"in {format_count(stage.stats.get('records_in')):>12}  "
-                    f"out {format_count(stage.stats.get('records_out')):>12}  "
+                    f"in {format_count(totals.get('records_in')):>12}  "
+                    f"out {format_count(totals.get('records_out')):>12}  "
                     f"{duration:7.1f}s  {rate:>9}")
+            if stage.restarts:
+                line += f"  restarts {stage.restarts}"
             if stage.exit_code not in (None, 0):
                 line += f"  exit {stage.exit_code}"
             self.stream.write(line + "\n")
@@ -187,16 +190,18 @@ class LiveView(View):
                       title_justify="left", expand=False)
         for column in ("stage", "kind", "state", "pid"):
             table.add_column(column)
-        for column in ("in", "out", "rate"):
+        for column in ("restarts", "in", "out", "rate"):
             table.add_column(column, justify="right")
         for stage in getattr(self, "stages", []):
             style = {"failed": "red", "finished": "green",
                      "stopping": "yellow"}.get(stage.state, "")
             table.add_row(
                 stage.spec.id, stage.spec.label[:30],
-                Text(stage.state, style=style), str(stage.pid or "-"),
-                format_count(stage.stats.get("records_in")),
-                format_count(stage.stats.get("records_out")),
+                Text(stage.state, style=style),
+                str(stage.pid or "-") if stage.alive else "-",
+                str(stage.restarts),
+                format_count(stage.totals.get("records_in")),
+                format_count(stage.totals.get("records_out")),
                 format_rate(self.current_rates.get(stage.spec.id)))
         return table
 

@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowctl import protocol, runtime
+from flowctl.restarts import RestartPolicy
 
 API_VERSION = "flowctl/v1"
 KIND = "Pipeline"
 
 DEFAULT_STOP_TIMEOUT = 10.0
+DEFAULT_STOP_SIGNAL = "SIGTERM"
+DEFAULT_LIVENESS_TIMEOUT = 30.0
 
 
 @dataclass
@@ -35,6 +38,10 @@ class StageSpec:
     cwd: str | None = None
     inputs: list[str] = field(default_factory=list)
     success_exit_codes: list[int] = field(default_factory=lambda: [0])
+    restart: RestartPolicy = field(default_factory=RestartPolicy)
+    stop_signal: str = DEFAULT_STOP_SIGNAL
+    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    liveness_timeout: float | None = DEFAULT_LIVENESS_TIMEOUT
     line: int = 0
 
     @property
@@ -54,7 +61,8 @@ class Pipeline:
     max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE
     batch_size: int = runtime.DEFAULT_BATCH_SIZE
     flush_interval: float = runtime.DEFAULT_FLUSH_INTERVAL
-    stop_timeout: float = DEFAULT_STOP_TIMEOUT
+    # How long the stages may drain after Ctrl-C before they are stopped.
+    drain_timeout: float = DEFAULT_STOP_TIMEOUT
 
     def stage(self, stage_id: str) -> StageSpec:
         for stage in self.stages:

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
+
 from flowctl import adapter, codecs, protocol, runtime
 from flowctl.builtins import BUILTINS
 from flowctl.lifetime import child_setup
@@ -48,23 +50,36 @@ class Wiring:
     outputs: list[int] = field(default_factory=list)
 
 
-class StageProcess:
-    """A running stage: its process, control channel, stderr and counters.
+COUNTERS = ("records_in", "records_out", "frames_in", "frames_out",
+            "bytes_in", "bytes_out")
 
-    States: starting, running, stopping, finished, failed.  `exit_code` is
-    the program's exit status once it has been reaped (negative for a
-    signal, as in subprocess).
+
+class StageProcess:
+    """A stage across its incarnations: process, control channel, stderr,
+    counters and restart bookkeeping.
+
+    States: starting, running, stopping, backoff (waiting to restart),
+    finished, failed, stopped.  `exit_code` is the last incarnation's exit
+    status once reaped (negative for a signal, as in subprocess).  Counters
+    add up over every incarnation.
     """
 
     def __init__(self, spec: StageSpec, pipeline: Pipeline, run_id: str,
-                 wiring: Wiring, log_path: str, stdio_fds: tuple[int, int]):
+                 log_path: str, stdio_fds: tuple[int, int]):
         self.spec = spec
         self.pipeline = pipeline
         self.run_id = run_id
-        self.wiring = wiring
         self.log_path = log_path
         self.stdin_fd, self.stdout_fd = stdio_fds
+        self.wiring = Wiring()
         self.state = "starting"
+        self.restarts = 0
+        self.ever_ready = False
+        self.base_stats: dict[str, int] = {}
+        self.last_error = ""
+        self.restart_at: float | None = None
+        self.kill_at: float | None = None
+        self.unresponsive = False
         self.popen: subprocess.Popen | None = None
         self.pid: int | None = None
         self.pidfd: int | None = None
@@ -76,9 +91,18 @@ class StageProcess:
         self.stats: dict[str, int] = {}
         self.error: dict[str, Any] | None = None
         self.greeted = False
+        self.ready = False
         self.done = False
         self.started_at = 0.0
         self.ended_at = 0.0
+        self.first_started_at = 0.0
+        self.last_message_at = 0.0
+
+    @property
+    def totals(self) -> dict[str, int]:
+        """Counters over every incarnation of the stage."""
+        return {key: self.base_stats.get(key, 0) + self.stats.get(key, 0)
+                for key in COUNTERS if key in self.stats or key in self.base_stats}
 
     def argv(self) -> list[str]:
         spec = self.spec
@@ -117,8 +141,21 @@ class StageProcess:
                 spec.success_exit_codes)
         return env
 
-    def start(self) -> None:
-        """Start the program; raise OSError if it cannot be executed."""
+    def start(self, wiring: Wiring) -> None:
+        """Start an incarnation; raise OSError if it cannot be executed."""
+        if self.stats:
+            for key in COUNTERS:
+                self.base_stats[key] = (self.base_stats.get(key, 0)
+                                        + self.stats.get(key, 0))
+        self.wiring = wiring
+        self.stats = {}
+        self.error = None
+        self.greeted = self.ready = self.done = False
+        self.exit_code = None
+        self.unresponsive = False
+        self.kill_at = None
+        self.restart_at = None
+        self.stderr_pending = b""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         stderr_read, stderr_write = os.pipe()
         input_fds = [fd for fd, _ in self.wiring.inputs]
@@ -151,6 +188,8 @@ class StageProcess:
         self.stderr_fd = stderr_read
         self.state = "running"
         self.started_at = time.time()
+        self.first_started_at = self.first_started_at or self.started_at
+        self.last_message_at = time.monotonic()
 
     # Control channel
 
@@ -163,36 +202,61 @@ class StageProcess:
             messages = []
         if self.control_reader.eof:
             self.close_control()
+        if messages:
+            self.last_message_at = time.monotonic()
         for message in messages:
             if not isinstance(message, dict):
                 continue
             kind = message.get("type")
             if kind == "hello":
                 self.greeted = True
+            elif kind == "ready":
+                self.ready = self.ever_ready = True
             elif kind in ("stats", "done"):
                 self.stats = {key: value for key, value in message.items()
-                              if key != "type"}
+                              if key in COUNTERS}
                 self.done = self.done or kind == "done"
             elif kind == "error":
                 self.error = message
+                self.last_error = str(message.get("message", ""))
         return messages
 
-    def send(self, message: dict[str, Any]) -> bool:
+    def send(self, message: dict[str, Any], fd: int | None = None) -> bool:
+        """Send a control message, with a file descriptor attached."""
         if self.control is None:
             return False
         try:
-            self.control.sendall(protocol.pack(message))
+            data = protocol.pack(message)
+            if fd is None:
+                self.control.sendall(data)
+            else:
+                sent = socket.send_fds(self.control, [data], [fd])
+                if sent < len(data):
+                    self.control.sendall(data[sent:])
             return True
         except OSError:
             return False
 
     def request_stop(self) -> None:
-        """Ask a source to stop producing; without a channel, SIGTERM it."""
+        """Ask a source to stop producing; without a channel, signal it."""
         if self.state != "running":
             return
         self.state = "stopping"
         if not (self.greeted and self.send({"type": "stop"})):
-            self.signal(signal.SIGTERM)
+            self.signal(self.stop_signal)
+
+    @property
+    def stop_signal(self) -> int:
+        return int(getattr(signal, self.spec.stop_signal))
+
+    def terminate(self, now: float) -> None:
+        """Send the stop signal and arm the SIGKILL after stop_timeout."""
+        if not self.alive:
+            return
+        self.state = "stopping"
+        self.signal(self.stop_signal)
+        if self.kill_at is None:
+            self.kill_at = now + self.spec.stop_timeout
 
     def close_control(self) -> None:
         if self.control is not None:
@@ -245,6 +309,25 @@ class StageProcess:
             os.killpg(self.pid, signum)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def kill(self) -> None:
+        """SIGKILL the process group and every descendant that left it.
+
+        A child that called setsid() is no longer in the group, so the
+        descendants found through /proc are killed one by one as well.
+        """
+        if self.pid is None:
+            return
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            children = []
+        self.signal(signal.SIGKILL)
+        for child in children:
+            try:
+                child.kill()
+            except psutil.Error:
+                pass
 
     @property
     def alive(self) -> bool:

@@ -138,6 +138,10 @@ class FrameReader:
                     f"{self.peer} closed its output in the middle of a "
                     f"frame ({len(self._buffer)} bytes left over)")
             return []
+        return self.feed(chunk)
+
+    def feed(self, chunk: bytes) -> list[Any]:
+        """Add bytes read elsewhere and return the frames now complete."""
         self.bytes_read += len(chunk)
         self._buffer += chunk
         return self.split_frames()

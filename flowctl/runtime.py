@@ -11,6 +11,7 @@ import json
 import os
 import select
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any, Callable
@@ -34,6 +35,9 @@ ENV_STDIN_FD = "FLOWCTL_STDIN_FD"
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_FLUSH_INTERVAL = 0.05
 HEARTBEAT_INTERVAL = 0.5
+# Batches of large records are cut to about this many bytes, so a batch of
+# 1 MB records does not hold a gigabyte in memory before it is sent.
+TARGET_FRAME_BYTES = 1024 * 1024
 
 # Exit codes a stage uses so the orchestrator can tell whose fault a
 # failure was: its own, an upstream stage's, or the bytes it was sent.
@@ -82,20 +86,28 @@ class Stats:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
+MAX_FDS_PER_READ = 16
+
+
 class Control:
     """The stage's end of its control channel to the orchestrator.
 
-    Messages are frames holding a map with a "type" key.  Without a control
-    channel (a stage started by hand) every method is a no-op, so a stage
-    program can also be run and tested outside flowctl.
+    Messages are frames holding a map with a "type" key.  The orchestrator
+    sends "stop" to a source, and "rewire_input" or "rewire_output" with a
+    new pipe attached (SCM_RIGHTS) when a neighbouring stage was restarted.
+    Without a control channel (a stage started by hand) every method is a
+    no-op, so a stage program also runs and tests outside flowctl.
     """
 
     def __init__(self, fd: int | None, stage_id: str) -> None:
         self.fd = fd
         self.stage_id = stage_id
         self.stop_requested = False
+        self.on_rewire: Callable[[str, int, int], None] | None = None
         self._socket = None
         self._reader = None
+        self._fds: deque[int] = deque()
+        self._send_lock = threading.Lock()
         if fd is not None:
             self._socket = socket.socket(fileno=fd)
             self._reader = protocol.FrameReader(fd, "the orchestrator")
@@ -103,11 +115,14 @@ class Control:
     def send(self, message: dict[str, Any]) -> None:
         if self._socket is None:
             return
-        try:
-            self._socket.sendall(protocol.pack(message))
-        except OSError:
-            # The orchestrator is gone; PR_SET_PDEATHSIG ends this process.
-            pass
+        # The adapter sends from two threads; a frame must not interleave.
+        with self._send_lock:
+            try:
+                self._socket.sendall(protocol.pack(message))
+            except OSError:
+                # The orchestrator is gone; the parent-death signal ends
+                # this process.
+                pass
 
     def hello(self, role: str) -> None:
         self.send({"type": "hello", "stage": self.stage_id, "pid": os.getpid(),
@@ -122,17 +137,35 @@ class Control:
             self.read_pending()
 
     def read_pending(self) -> None:
-        for message in self._reader.read_frames():
-            self.apply(message)
-        if self._reader.eof:
+        try:
+            data, fds, _, _ = socket.recv_fds(
+                self._socket, protocol.READ_CHUNK_SIZE, MAX_FDS_PER_READ)
+        except BlockingIOError:
+            return
+        except OSError:
+            data, fds = b"", []
+        self._fds.extend(fds)
+        if not data:
             # The orchestrator closed the channel: treat it as a stop.
             self.stop_requested = True
             self._reader = None
             self.fd = None
+            return
+        for message in self._reader.feed(data):
+            self.apply(message)
 
     def apply(self, message: Any) -> None:
-        if isinstance(message, dict) and message.get("type") == "stop":
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "stop":
             self.stop_requested = True
+        elif kind in ("rewire_input", "rewire_output") and self._fds:
+            fd = self._fds.popleft()
+            if self.on_rewire is None:
+                os.close(fd)
+                return
+            self.on_rewire(kind, int(message.get("index", 0)), fd)
 
 
 class Outputs:
@@ -148,6 +181,8 @@ class Outputs:
         self.stats = stats
         self.max_frame_size = max_frame_size
         self.batch_size = batch_size
+        # Records per batch right now: batch_size, or fewer for big records.
+        self.limit = batch_size
         self.buffer: list[Any] = []
         self.last_flush = time.monotonic()
 
@@ -157,9 +192,14 @@ class Outputs:
             return
         records = self.buffer
         self.buffer = []
+        size = 0
         for frame in self._pack_batches(records):
+            size += len(frame)
             self.write_frame(frame)
         self.stats.records_out += len(records)
+        per_record = size // len(records) + 1
+        self.limit = max(1, min(self.batch_size,
+                                TARGET_FRAME_BYTES // per_record))
 
     def _pack_batches(self, records: list[Any]) -> list[bytes]:
         frame = protocol.pack([protocol.BATCH, records])
@@ -178,6 +218,20 @@ class Outputs:
             protocol.write_all(fd, frame)
         self.stats.frames_out += 1
         self.stats.bytes_out += len(frame) * len(self.fds)
+
+    def replace(self, index: int, fd: int, hello: bytes) -> None:
+        """Write to a new pipe from now on, starting with a hello frame.
+
+        Called between two frames, so the new pipe starts on a frame
+        boundary; the orchestrator discards what is left in the old one.
+        """
+        old = self.fds[index]
+        self.fds[index] = fd
+        os.close(old)
+        protocol.write_all(fd, hello)
+
+
+_REWIRED = object()
 
 
 class Inputs:
@@ -202,13 +256,32 @@ class Inputs:
         self.greeted = [False] * len(fds)
         self.ended = [False] * len(fds)
         self._next = 0
+        self.max_frame_size = max_frame_size
+        # (index, fd) pairs from the control channel, applied by the thread
+        # that reads the inputs, between two frames.
+        self.rewires: deque[tuple[int, int]] = deque()
+        self.on_rewired: Callable[[int], None] = lambda index: None
 
     @property
     def open_count(self) -> int:
         return self.ended.count(False)
 
+    def _apply_rewires(self) -> None:
+        while self.rewires:
+            index, fd = self.rewires.popleft()
+            # Frames already decoded from the old pipe are whole and stay
+            # queued; a partial frame the restarted writer left is dropped.
+            # The marker makes the new pipe's first frame a hello again.
+            os.close(self.readers[index].fd)
+            self.readers[index] = protocol.FrameReader(
+                fd, f"stage '{self.peers[index]}'", self.max_frame_size)
+            self.pending[index].append(_REWIRED)
+            self.on_rewired(index)
+
     def next_frame(self, on_idle: Callable[[], None]) -> tuple[int, Any] | None:
         while True:
+            if self.rewires:
+                self._apply_rewires()
             found = self._take_pending()
             if found is not None:
                 return found
@@ -231,6 +304,9 @@ class Inputs:
 
     def _accept(self, index: int, frame: Any) -> tuple[int, Any] | None:
         peer = self.peers[index]
+        if frame is _REWIRED:
+            self.greeted[index] = False
+            return None
         if not self.greeted[index]:
             try:
                 protocol.check_hello(frame, f"stage '{peer}'")
@@ -346,7 +422,26 @@ class Context:
             return os.fdopen(os.dup(0), "r", encoding="utf-8", newline="")
         return os.fdopen(int(fd), "r", encoding="utf-8", newline="")
 
+    def _on_rewire(self, kind: str, index: int, fd: int) -> None:
+        if kind == "rewire_output":
+            self.outputs.replace(index, fd,
+                                 protocol.hello_frame(self.stage_id))
+            self.control.send({"type": "rewired", "direction": "output",
+                               "index": index})
+        else:
+            self.inputs.rewires.append((index, fd))
+
+    def _on_input_rewired(self, index: int) -> None:
+        self.control.send({"type": "rewired", "direction": "input",
+                           "index": index})
+
+    def ready(self) -> None:
+        """Tell flowctl the stage opened its resources and is running."""
+        self.control.send({"type": "ready"})
+
     def start(self, role: str) -> None:
+        self.control.on_rewire = self._on_rewire
+        self.inputs.on_rewired = self._on_input_rewired
         self.control.hello(role)
         frame = protocol.hello_frame(self.stage_id)
         for fd in self.outputs.fds:
@@ -373,10 +468,14 @@ class Context:
         self.control.send({"type": "stats", **self.stats.as_dict()})
         self.control.send({"type": "error", "message": message,
                            "exit_code": exit_code, **details})
-        frame = protocol.error_frame(self.stage_id, message)
-        for fd in self.outputs.fds:
-            try:
-                protocol.write_all(fd, frame)
-            except OSError:
-                pass
+        if self.control.fd is None:
+            # Without an orchestrator, the error frame is how downstream
+            # stages learn why the stream stopped.  Under flowctl they keep
+            # running, so that a restart of this stage can rejoin them.
+            frame = protocol.error_frame(self.stage_id, message)
+            for fd in self.outputs.fds:
+                try:
+                    protocol.write_all(fd, frame)
+                except OSError:
+                    pass
         os._exit(exit_code)

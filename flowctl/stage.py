@@ -187,9 +187,10 @@ def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]]
 
 def _source_loop(ctx: Context, source: Source) -> None:
     source.open(ctx.config)
+    ctx.ready()
     outputs = ctx.outputs
     control = ctx.control
-    batch_size = ctx.batch_size
+    batch_size = outputs.limit
     interval = ctx.flush_interval
     monotonic = time.monotonic
     generator = source.records()
@@ -204,6 +205,7 @@ def _source_loop(ctx: Context, source: Source) -> None:
                     continue
             outputs.flush()
             buffer = outputs.buffer
+            batch_size = outputs.limit
             last_flush = monotonic()
             control.poll()
             ctx.report_stats()
@@ -227,8 +229,8 @@ def run_processor(processor: Processor | Callable[[Any], Any]) -> None:
 
 def _processor_loop(ctx: Context, processor: Processor) -> None:
     processor.open(ctx.config)
+    ctx.ready()
     outputs = ctx.outputs
-    batch_size = ctx.batch_size
     interval = ctx.flush_interval
     function = processor.process
     emits_many = inspect.isgeneratorfunction(function)
@@ -260,7 +262,7 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
                         append(result)
         except Exception as error:
             raise _RecordFailed(error, record) from error
-        if (len(buffer) >= batch_size
+        if (len(buffer) >= outputs.limit
                 or time.monotonic() - outputs.last_flush >= interval):
             outputs.flush()
         ctx.report_stats()
@@ -281,6 +283,7 @@ def run_sink(sink: Sink | Callable[[Any], Any]) -> None:
 
 def _sink_loop(ctx: Context, sink: Sink) -> None:
     sink.open(ctx.config)
+    ctx.ready()
     last_flush = time.monotonic()
 
     def on_idle() -> None:

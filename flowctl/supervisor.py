@@ -1,35 +1,54 @@
-"""The orchestrator: wire the stages, start them, watch them, stop them.
+"""The orchestrator: wire the stages, start them, watch them, restart
+them, stop them.
 
 `Run.execute()` is the whole lifetime of one pipeline run.  One thread runs
-one selector loop over every stage's control channel, stderr pipe and pidfd,
-plus a wake-up pipe for signals.  Records never pass through this process:
-the pipes between stages are created here and handed to the stages.
+one selector loop over every stage's control channel, stderr pipe and
+pidfd, the run's control socket, and a wake-up pipe for signals.  Records
+never pass through this process: the pipes between stages are created
+here and handed to the stages.
 
-Stopping: the first SIGINT or SIGTERM asks the sources to stop; everything
-downstream drains and exits by itself.  Stages still alive when the stop
-timeout has passed get SIGKILL, as does everything at a second signal.  A
-stage that fails ends the run: the others get SIGTERM, then SIGKILL after
-the stop timeout, and the run exits with code 1.
+Stopping: the first SIGINT or SIGTERM (or `flowctl stop`) asks the sources
+to stop; everything downstream drains and exits by itself.  When the
+drain timeout has passed, each stage still alive gets its stop signal, and
+SIGKILL after its own stop timeout; a second signal kills everything at
+once.
+
+Failures: when a stage fails, its restart policy decides (see
+`flowctl.restarts`).  A restarted stage gets fresh pipes, and its
+neighbours, which keep running, are handed the other ends over their
+control channels (`_rewire`).  Records the failed stage had read but not
+yet passed on are lost, and so is what was left in its pipes: without
+checkpointing, a restart gives at-most-once delivery for the records in
+flight at that moment.  A restarted source starts its stream again.
+When the policy says no, or the restart limit is reached, the run fails:
+the other stages get their stop signals and the run exits with code 1.
 """
 
 from __future__ import annotations
 
-import fcntl
 import os
+import random
 import selectors
 import signal
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from flowctl import runtime
+from flowctl import protocol, runtime
 from flowctl.display import View
 from flowctl.home import run_directory
 from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
+from flowctl.registry import Registry
+from flowctl.restarts import RestartTracker
+from flowctl.runcontrol import ControlServer
+from flowctl.wiring import Edge, Graph
 
 TICK_SECONDS = 0.1
-PIPE_SIZE = 1024 * 1024
-F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+REGISTRY_INTERVAL = 1.0
+# A stage without a control channel counts as started after this long.
+STARTUP_GRACE_SECONDS = 1.0
+DRAIN_READ_SIZE = 1024 * 1024
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -44,14 +63,8 @@ class Outcome:
     message: str = ""
 
 
-def _enlarge_pipe(fd: int) -> None:
-    # A bigger pipe buffer means fewer context switches per record; the
-    # default 64 KiB holds only a few batches.  Unprivileged users may be
-    # capped lower by /proc/sys/fs/pipe-max-size, which is fine.
-    try:
-        fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)
-    except OSError:
-        pass
+class CannotRestart(Exception):
+    """A stage cannot be wired back into the running graph."""
 
 
 class Run:
@@ -59,66 +72,83 @@ class Run:
 
     Usage::
 
-        run = Run(pipeline, home, view_factory)
+        run = Run(pipeline, home, run_id, PlainView(run_id))
         outcome = run.execute()
         sys.exit(outcome.exit_code)
     """
 
     def __init__(self, pipeline: Pipeline, home: str, run_id: str,
-                 view: View) -> None:
+                 view: View, rng: random.Random | None = None) -> None:
         self.pipeline = pipeline
         self.home = home
         self.run_id = run_id
         self.view = view
         self.directory = run_directory(home, run_id)
         self.stages: dict[str, StageProcess] = {}
-        self.log_files: dict[str, object] = {}
-        self.pipe_fds: set[int] = set()
+        self.trackers: dict[str, RestartTracker] = {}
+        self.log_files: dict[str, Any] = {}
+        self.graph = Graph()
         self.selector = selectors.DefaultSelector()
+        self.rng = rng or random.Random()
+        self.pending_signals: list[int] = []
         self.signal_received: int | None = None
-        self.stop_deadline: float | None = None
+        self.stop_requested = False
+        self.drain_deadline: float | None = None
         self.failing = False
+        self.failure_message = ""
+        self.retired: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self.registry: Registry | None = None
+        self.control_server: ControlServer | None = None
+        self.next_registry_write = 0.0
+        self.started_at = time.time()
         self.signal_read, self.signal_write = os.pipe()
 
     # Set-up
 
-    def _wire(self) -> dict[str, Wiring]:
-        wiring = {stage.id: Wiring() for stage in self.pipeline.stages}
-        for stage in self.pipeline.stages:
-            for writer in stage.inputs:
-                read_end, write_end = os.pipe()
-                _enlarge_pipe(write_end)
-                wiring[stage.id].inputs.append((read_end, writer))
-                wiring[writer].outputs.append(write_end)
-                self.pipe_fds.update((read_end, write_end))
-        return wiring
+    def _wiring_for(self, stage_id: str) -> Wiring:
+        return Wiring(
+            inputs=[(edge.read_fd, edge.writer)
+                    for edge in self.graph.inputs_of(stage_id)],
+            outputs=[edge.write_fd for edge in self.graph.outputs_of(stage_id)])
 
     def _start_stages(self) -> None:
-        wiring = self._wire()
+        self.graph = Graph.build(self.pipeline.stages)
         stdio = (os.dup(0), os.dup(1))
-        try:
-            for spec in self.pipeline.stages:
-                log_path = os.path.join(self.directory, f"{spec.id}.log")
-                stage = StageProcess(spec, self.pipeline, self.run_id,
-                                     wiring[spec.id], log_path, stdio)
-                self.stages[spec.id] = stage
-                self.log_files[spec.id] = open(log_path, "ab", buffering=0)
-            for stage in self.stages.values():
-                self._start(stage)
-        finally:
-            os.close(stdio[0])
-            os.close(stdio[1])
+        self.stdio = stdio
+        for spec in self.pipeline.stages:
+            log_path = os.path.join(self.directory, f"{spec.id}.log")
+            stage = StageProcess(spec, self.pipeline, self.run_id, log_path,
+                                 stdio)
+            self.stages[spec.id] = stage
+            self.trackers[spec.id] = RestartTracker(spec.restart, self.rng)
+            self.log_files[spec.id] = open(log_path, "ab", buffering=0)
+        self._open_registry()
+        for stage in self.stages.values():
+            self._start(stage)
 
-    def _start(self, stage: StageProcess) -> None:
+    def _open_registry(self) -> None:
+        self.control_server = ControlServer(self.directory, self.run_id,
+                                            self._handle_request)
+        self.selector.register(self.control_server.socket,
+                               selectors.EVENT_READ, ("request", None))
+        self.registry = Registry(self.home)
+        self.registry.add_run(
+            self.run_id, self.pipeline.name, self.pipeline.source,
+            self.directory, self.control_server.path,
+            [(stage.spec.id, stage.spec.role, stage.log_path)
+             for stage in self.stages.values()])
+
+    def _start(self, stage: StageProcess) -> bool:
         try:
-            stage.start()
+            stage.start(self._wiring_for(stage.spec.id))
         except OSError as error:
             stage.state = "failed"
             stage.exit_code = 127
-            stage.error = {"message": f"cannot start "
-                                      f"{stage.argv()[0]!r}: {error.strerror}"}
-            self._begin_failure()
-            return
+            stage.last_error = (f"cannot start {stage.argv()[0]!r}: "
+                                f"{error.strerror}")
+            stage.error = {"message": stage.last_error}
+            self._begin_failure(self._describe_failure(stage))
+            return False
         self.selector.register(stage.control, selectors.EVENT_READ,
                                ("control", stage))
         self.selector.register(stage.stderr_fd, selectors.EVENT_READ,
@@ -127,8 +157,9 @@ class Run:
                                ("exit", stage))
         self.view.event(f"started pid={stage.pid} ({stage.spec.label})",
                         stage.spec.id)
+        return True
 
-    def _install_signal_handlers(self) -> dict[int, object]:
+    def _install_signal_handlers(self) -> dict[int, Any]:
         os.set_blocking(self.signal_write, False)
         previous = {}
         for signum in SIGNAL_EXIT_CODES:
@@ -146,30 +177,37 @@ class Run:
     # The loop
 
     def execute(self) -> Outcome:
-        self.pending_signals: list[int] = []
         previous = self._install_signal_handlers()
-        started = time.time()
         try:
             self._start_stages()
             self.view.start(list(self.stages.values()))
-            while any(stage.alive for stage in self.stages.values()):
+            while self._has_work():
                 self._loop_once()
         finally:
             self._cleanup(previous)
         self.view.stop()
         outcome = self._outcome()
-        self.view.summary(time.time() - started)
+        self._record_end(outcome)
+        self.view.summary(time.time() - self.started_at)
         return outcome
+
+    def _has_work(self) -> bool:
+        return any(stage.alive or stage.state == "backoff"
+                   for stage in self.stages.values())
 
     def _loop_once(self) -> None:
         for key, _ in self.selector.select(TICK_SECONDS):
-            kind, stage = key.data
+            kind, item = key.data
             if kind == "control":
-                self._on_control(stage)
+                self._on_control(item)
             elif kind == "stderr":
-                self._on_stderr(stage)
+                self._on_stderr(item)
             elif kind == "exit":
-                self._on_exit(stage)
+                self._on_exit(item)
+            elif kind == "drain":
+                self._on_drain(key.fileobj)
+            elif kind == "request":
+                self.control_server.accept()
             elif kind == "signal":
                 try:
                     os.read(self.signal_read, 512)
@@ -177,18 +215,65 @@ class Run:
                     pass
         while self.pending_signals:
             self._on_stop_signal(self.pending_signals.pop(0))
-        if self.stop_deadline is not None and time.monotonic() > self.stop_deadline:
-            self._kill_all("the stop timeout of "
-                           f"{self.pipeline.stop_timeout:g}s has passed")
-            self.stop_deadline = None
+        now = time.monotonic()
+        self._run_timers(now)
+        self._check_liveness(now)
+        if now >= self.next_registry_write:
+            self.next_registry_write = now + REGISTRY_INTERVAL
+            self._write_registry()
         self.view.tick()
 
-    def _on_control(self, stage: StageProcess) -> None:
-        stage.read_control()
-        if stage.control is None:
-            self._unregister_fileobj(("control", stage))
+    def _run_timers(self, now: float) -> None:
+        for stage in self.stages.values():
+            if stage.state == "backoff" and stage.restart_at <= now:
+                if self.failing or self.stop_requested:
+                    stage.state = "stopped"
+                else:
+                    self._restart(stage)
+            if stage.alive and stage.kill_at is not None and now >= stage.kill_at:
+                stage.kill_at = None
+                self.view.event(f"still running {stage.spec.stop_timeout:g}s "
+                                f"after {stage.spec.stop_signal}; sending "
+                                f"SIGKILL", stage.spec.id)
+                stage.kill()
+        if self.drain_deadline is not None and now >= self.drain_deadline:
+            self.drain_deadline = None
+            self.view.event(f"the drain timeout of "
+                            f"{self.pipeline.drain_timeout:g}s has passed; "
+                            f"stopping the stages still running")
+            for stage in self.stages.values():
+                stage.terminate(now)
 
-    def _unregister_fileobj(self, data: tuple) -> None:
+    def _check_liveness(self, now: float) -> None:
+        for stage in self.stages.values():
+            timeout = stage.spec.liveness_timeout
+            if (timeout is None or not stage.alive or not stage.greeted
+                    or stage.unresponsive or stage.state != "running"
+                    or now - stage.last_message_at < timeout):
+                continue
+            # A stage blocked on a full pipe is waiting for a slow reader,
+            # not hung: backpressure is not a liveness failure.
+            if any(edge.is_full() for edge in self.graph.outputs_of(
+                    stage.spec.id)):
+                continue
+            stage.unresponsive = True
+            self.view.event(f"sent nothing on its control channel for "
+                            f"{timeout:g}s (liveness_timeout); killing it",
+                            stage.spec.id)
+            stage.kill()
+
+    # Events from stages
+
+    def _on_control(self, stage: StageProcess) -> None:
+        for message in stage.read_control():
+            if message.get("type") == "rewired":
+                self._close_retired((stage.spec.id,
+                                     str(message.get("direction")),
+                                     int(message.get("index", 0))))
+        if stage.control is None:
+            self._unregister_data(("control", stage))
+
+    def _unregister_data(self, data: tuple) -> None:
         for key in list(self.selector.get_map().values()):
             if key.data == data:
                 self.selector.unregister(key.fileobj)
@@ -206,118 +291,383 @@ class Run:
             log.write(line.encode("utf-8", "replace") + b"\n")
             self.view.stderr_line(stage.spec.id, line)
 
+    def _collect_last_words(self, stage: StageProcess) -> None:
+        """Read what an exited stage left on its control channel and stderr."""
+        if stage.control is not None:
+            self._unregister_data(("control", stage))
+            while stage.control is not None:
+                messages = stage.read_control()
+                if not messages and stage.control is not None:
+                    break
+            stage.close_control()
+        if stage.stderr_fd is not None:
+            self.selector.unregister(stage.stderr_fd)
+            # A child the stage left behind may still hold the pipe open;
+            # read only what is there now and do not wait for it.
+            lines: list[str] = []
+            while stage.stderr_fd is not None:
+                chunk = stage.read_stderr()
+                if not chunk:
+                    lines += stage.close_stderr()
+                    break
+                lines += chunk
+            self._show_stderr(stage, lines)
+
     def _on_exit(self, stage: StageProcess) -> None:
         self.selector.unregister(stage.pidfd)
         code = stage.reap()
-        # Drain what the stage wrote last before judging its exit.
-        if stage.control is not None:
-            self._unregister_fileobj(("control", stage))
-            while stage.control is not None:
-                before = stage.control_reader.eof
-                stage.read_control()
-                if before or stage.control is None:
-                    break
-        if stage.stderr_fd is not None:
-            self.selector.unregister(stage.stderr_fd)
-            self._drain_stderr(stage)
-        if code == 0:
+        self._collect_last_words(stage)
+        self._forget_retired(stage.spec.id)
+        clean = self._is_clean_exit(stage, code)
+        if self.failing or self.stop_requested:
+            stage.state = "finished" if clean and stage.done else "stopped"
+            if clean:
+                self._release_pipes(stage)
+            return
+        if clean and (stage.done or not stage.greeted):
             stage.state = "finished"
             self.view.event(self._finish_message(stage), stage.spec.id)
             self._release_pipes(stage)
             return
-        if self.signal_received is not None or self.failing:
-            stage.state = "stopped"
-            return
-        stage.state = "failed"
-        self.view.event(f"exited with code {code}", stage.spec.id)
-        self._begin_failure()
+        tracker = self.trackers[stage.spec.id]
+        if clean:
+            if not tracker.wants_restart(failed=False):
+                stage.state = "finished"
+                self.view.event("exited with code 0 before the end of its "
+                                "stream; its output ends here",
+                                stage.spec.id)
+                self._release_pipes(stage)
+                return
+            reason = "exited with code 0 before the end of its stream"
+        else:
+            reason = self._exit_reason(stage)
+            stage.last_error = stage.last_error or reason
+        self._after_failure(stage, reason)
 
-    def _drain_stderr(self, stage: StageProcess) -> None:
-        # The stage has exited, but a child it left behind may still hold
-        # the pipe open; read only what is there now and do not wait.
-        lines: list[str] = []
-        while stage.stderr_fd is not None:
-            chunk = stage.read_stderr()
-            if not chunk:
-                lines += stage.close_stderr()
-                break
-            lines += chunk
-        self._show_stderr(stage, lines)
+    def _is_clean_exit(self, stage: StageProcess, code: int) -> bool:
+        if stage.unresponsive:
+            return False
+        if stage.spec.command is not None and stage.spec.codec == "msgpack":
+            return code in stage.spec.success_exit_codes
+        return code == 0
+
+    def _exit_reason(self, stage: StageProcess) -> str:
+        if stage.unresponsive:
+            return (f"stopped answering for "
+                    f"{stage.spec.liveness_timeout:g}s")
+        if stage.error and stage.error.get("message"):
+            return str(stage.error["message"])
+        code = stage.exit_code
+        if code is not None and code < 0:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    def _after_failure(self, stage: StageProcess, reason: str) -> None:
+        """Restart a failed stage or fail the run, as its policy says."""
+        now = time.monotonic()
+        tracker = self.trackers[stage.spec.id]
+        started = self._started_properly(stage)
+        if not started and not stage.ever_ready:
+            stage.state = "failed"
+            self._begin_failure(
+                f"stage '{stage.spec.id}' failed at start: {reason}; see "
+                f"{stage.log_path}")
+            return
+        relayed = stage.exit_code in (runtime.EXIT_UPSTREAM_FAILED,
+                                      runtime.EXIT_BAD_INPUT)
+        if relayed:
+            # Restarting the reader cannot mend what its writer sends.
+            stage.state = "failed"
+            self._begin_failure(self._failure_message())
+            return
+        if not tracker.wants_restart(failed=True):
+            stage.state = "failed"
+            self._begin_failure(self._stage_failure(stage, reason))
+            return
+        policy = tracker.policy
+        if tracker.over_limit(now):
+            stage.state = "failed"
+            self._begin_failure(
+                f"stage '{stage.spec.id}' failed {policy.max_restarts + 1} "
+                f"times within {policy.window:g}s, over its limit of "
+                f"max_restarts: {policy.max_restarts}; last failure: "
+                f"{reason}; see {stage.log_path}")
+            return
+        ran_for = time.time() - stage.started_at
+        delay = tracker.next_delay(now, ran_for)
+        stage.restarts += 1
+        stage.state = "backoff"
+        stage.restart_at = now + delay
+        self.view.event(f"{reason}; restarting in {delay:.1f}s "
+                        f"(restart {stage.restarts})", stage.spec.id)
+
+    def _started_properly(self, stage: StageProcess) -> bool:
+        if stage.ready:
+            return True
+        if not stage.greeted:
+            return (stage.ended_at - stage.started_at) >= STARTUP_GRACE_SECONDS
+        return False
 
     def _finish_message(self, stage: StageProcess) -> str:
-        stats = stage.stats
-        if not stats:
+        totals = stage.totals
+        if not totals:
             return "finished"
-        return (f"finished in={stats.get('records_in', 0):,} "
-                f"out={stats.get('records_out', 0):,}")
+        return (f"finished in={totals.get('records_in', 0):,} "
+                f"out={totals.get('records_out', 0):,}")
+
+    # Restarting
+
+    def _restart(self, stage: StageProcess) -> None:
+        try:
+            self._rewire(stage)
+        except CannotRestart as error:
+            stage.state = "failed"
+            self._begin_failure(f"stage '{stage.spec.id}' cannot be "
+                                f"restarted: {error}")
+            return
+        if self._start(stage):
+            self.view.event(f"restarted (restart {stage.restarts})",
+                            stage.spec.id)
+
+    def _rewire(self, stage: StageProcess) -> None:
+        """Give a stage fresh pipes and hand the other ends to its
+        neighbours, which switch to them between two frames."""
+        for edge in self.graph.inputs_of(stage.spec.id):
+            writer = self.stages[edge.writer]
+            self._check_rewirable(writer)
+            old = self.graph.replace(edge)
+            if writer.alive:
+                writer.send({"type": "rewire_output",
+                             "index": edge.writer_index}, fd=edge.write_fd)
+                self._retire((writer.spec.id, "output", edge.writer_index),
+                             old, drain=True)
+            else:
+                self._close_fds(old)
+                if writer.state == "finished":
+                    self._end_stream(edge)
+        for edge in self.graph.outputs_of(stage.spec.id):
+            reader = self.stages[edge.reader]
+            self._check_rewirable(reader)
+            old = self.graph.replace(edge)
+            if reader.alive:
+                reader.send({"type": "rewire_input",
+                             "index": edge.reader_index}, fd=edge.read_fd)
+                self._retire((reader.spec.id, "input", edge.reader_index),
+                             old, drain=False)
+            else:
+                self._close_fds(old)
+
+    def _check_rewirable(self, neighbour: StageProcess) -> None:
+        if neighbour.alive and not (neighbour.greeted and neighbour.control):
+            raise CannotRestart(
+                f"its neighbour '{neighbour.spec.id}' has no control channel "
+                f"to be handed a new pipe (it does not speak the flowctl "
+                f"control protocol)")
+
+    def _end_stream(self, edge: Edge) -> None:
+        """Close a new pipe from a writer that has already finished."""
+        protocol.write_all(edge.write_fd, protocol.hello_frame(edge.writer)
+                           + protocol.end_frame())
+        os.close(edge.write_fd)
+        edge.write_fd = -1
+
+    def _retire(self, key: tuple[str, str, int], old: tuple[int, int],
+                drain: bool) -> None:
+        """Keep an old pipe until the neighbour says it has switched.
+
+        The old pipe's writer may be blocked on it, since its reader is
+        gone; reading and discarding what it writes lets it reach the
+        point between two frames where it switches.
+        """
+        previous = self.retired.pop(key, None)
+        if previous is not None:
+            self._drop_retired(previous)
+        self.retired[key] = old
+        if drain:
+            os.set_blocking(old[0], False)
+            self.selector.register(old[0], selectors.EVENT_READ,
+                                   ("drain", key))
+
+    def _on_drain(self, fd: int) -> None:
+        try:
+            os.read(fd, DRAIN_READ_SIZE)
+        except BlockingIOError:
+            pass
+
+    def _close_retired(self, key: tuple[str, str, int]) -> None:
+        old = self.retired.pop(key, None)
+        if old is not None:
+            self._drop_retired(old)
+
+    def _drop_retired(self, old: tuple[int, int]) -> None:
+        if old[0] in self.selector.get_map():
+            self.selector.unregister(old[0])
+        self._close_fds(old)
+
+    def _forget_retired(self, stage_id: str) -> None:
+        for key in [key for key in self.retired if key[0] == stage_id]:
+            self._close_retired(key)
+
+    @staticmethod
+    def _close_fds(fds: tuple[int, int]) -> None:
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
 
     def _release_pipes(self, stage: StageProcess) -> None:
         """Close our copies of a finished stage's pipe ends.
 
-        The orchestrator keeps a copy of every pipe end so that a reader
-        does not see end-of-file just because its writer died; it lets go of
-        a writer's ends only when that writer exits cleanly, so a reader can
-        still finish when a foreign stage exits without an end frame.
+        A reader then sees end-of-file after the last frame, which is how a
+        foreign stage that exits without an end frame ends its stream.
         """
-        for fd in stage.wiring.outputs:
-            self._close_pipe_fd(fd)
-        for fd, _ in stage.wiring.inputs:
-            self._close_pipe_fd(fd)
-
-    def _close_pipe_fd(self, fd: int) -> None:
-        if fd in self.pipe_fds:
-            self.pipe_fds.discard(fd)
-            os.close(fd)
+        for edge in self.graph.outputs_of(stage.spec.id):
+            if edge.write_fd >= 0:
+                os.close(edge.write_fd)
+                edge.write_fd = -1
+        for edge in self.graph.inputs_of(stage.spec.id):
+            if edge.read_fd >= 0:
+                os.close(edge.read_fd)
+                edge.read_fd = -1
 
     # Stopping
 
     def _on_stop_signal(self, signum: int) -> None:
-        if self.signal_received is not None:
+        if self.signal_received is not None or self.stop_requested:
             self.view.event("second signal: stopping every stage now")
-            self._kill_all("a second signal arrived")
+            self.signal_received = self.signal_received or signum
+            self._kill_all()
             return
         self.signal_received = signum
-        name = signal.Signals(signum).name
-        self.view.event(f"{name} received: stopping the sources and draining "
+        self._begin_stop(f"{signal.Signals(signum).name} received")
+
+    def _begin_stop(self, reason: str) -> None:
+        self.stop_requested = True
+        self.view.event(f"{reason}: stopping the sources and draining "
                         f"(again to stop at once)")
         for stage in self.stages.values():
             if stage.spec.role == "source":
                 stage.request_stop()
-        self.stop_deadline = time.monotonic() + self.pipeline.stop_timeout
+            if stage.state == "backoff":
+                stage.state = "stopped"
+        self.drain_deadline = time.monotonic() + self.pipeline.drain_timeout
 
-    def _begin_failure(self) -> None:
+    def _begin_failure(self, message: str) -> None:
         if self.failing:
             return
         self.failing = True
+        self.failure_message = message
+        now = time.monotonic()
         for stage in self.stages.values():
             if stage.alive:
-                stage.state = "stopping"
-                stage.signal(signal.SIGTERM)
-        self.stop_deadline = time.monotonic() + self.pipeline.stop_timeout
+                stage.terminate(now)
+            elif stage.state == "backoff":
+                stage.state = "stopped"
 
-    def _kill_all(self, reason: str) -> None:
-        alive = [stage for stage in self.stages.values() if stage.alive]
-        if alive:
-            names = ", ".join(stage.spec.id for stage in alive)
-            self.view.event(f"killing {names}: {reason}")
-        for stage in alive:
-            stage.signal(signal.SIGKILL)
+    def _kill_all(self) -> None:
+        for stage in self.stages.values():
+            if stage.alive:
+                stage.kill()
+            elif stage.state == "backoff":
+                stage.state = "stopped"
 
-    def _cleanup(self, previous: dict[int, object]) -> None:
+    # Operators: the control socket and the registry
+
+    def _handle_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        kind = request.get("type")
+        if kind == "status":
+            return {"ok": True, "run": self.status()}
+        if kind == "stop":
+            if request.get("kill"):
+                self.view.event("flowctl stop --kill: stopping every stage "
+                                "now")
+                self.stop_requested = True
+                self.signal_received = self.signal_received or signal.SIGTERM
+                self._kill_all()
+            elif not self.stop_requested:
+                self.signal_received = signal.SIGTERM
+                self._begin_stop("stop requested by flowctl stop")
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {kind!r}"}
+
+    def status(self) -> dict[str, Any]:
+        """The run and its stages, as `flowctl status --json` shows them."""
+        return {
+            "id": self.run_id,
+            "pipeline": self.pipeline.name,
+            "source": self.pipeline.source,
+            "pid": os.getpid(),
+            "state": self._run_state(),
+            "started_at": self.started_at,
+            "stages": [self._stage_row(stage)
+                       for stage in self.stages.values()],
+        }
+
+    def _run_state(self) -> str:
+        if self.failing:
+            return "failing"
+        if self.stop_requested:
+            return "stopping"
+        return "running"
+
+    @staticmethod
+    def _stage_row(stage: StageProcess) -> dict[str, Any]:
+        totals = stage.totals
+        return {
+            "id": stage.spec.id,
+            "role": stage.spec.role,
+            "pid": stage.pid if stage.alive else None,
+            "state": stage.state,
+            "restarts": stage.restarts,
+            "records_in": totals.get("records_in", 0),
+            "records_out": totals.get("records_out", 0),
+            "last_error": stage.last_error,
+        }
+
+    def _write_registry(self) -> None:
+        if self.registry is not None:
+            self.registry.update_stages(
+                self.run_id, [self._stage_row(stage)
+                              for stage in self.stages.values()])
+
+    def _record_end(self, outcome: Outcome) -> None:
+        if self.registry is None:
+            return
+        if outcome.exit_code == EXIT_OK:
+            state = "finished"
+        elif outcome.exit_code == EXIT_FAILED:
+            state = "failed"
+        else:
+            state = "stopped"
+        self._write_registry()
+        self.registry.finish_run(self.run_id, state, outcome.exit_code,
+                                 outcome.message)
+        self.registry.close()
+
+    # Clean-up and the result
+
+    def _cleanup(self, previous: dict[int, Any]) -> None:
         # Whatever happened, no stage and no child of a stage survives the
         # run: the process groups get SIGKILL even after a clean finish.
         for stage in self.stages.values():
             if stage.alive:
-                stage.signal(signal.SIGKILL)
+                stage.kill()
                 stage.reap()
-            stage.signal(signal.SIGKILL)
+            stage.kill()
             stage.close_control()
             if stage.stderr_fd is not None:
                 stage.close_stderr()
-        for fd in list(self.pipe_fds):
-            self._close_pipe_fd(fd)
+            if stage.pidfd is not None:
+                os.close(stage.pidfd)
+                stage.pidfd = None
+        for key in list(self.retired):
+            self._close_retired(key)
+        self.graph.close()
         for log in self.log_files.values():
             log.close()
+        for fd in getattr(self, "stdio", ()):
+            os.close(fd)
+        if self.control_server is not None:
+            self.control_server.close()
         signal.set_wakeup_fd(self.previous_wakeup)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -325,18 +675,14 @@ class Run:
         os.close(self.signal_read)
         os.close(self.signal_write)
 
-    # The result
-
     def _outcome(self) -> Outcome:
+        if self.failing:
+            return Outcome(EXIT_FAILED, self.failure_message)
         if self.signal_received is not None:
-            return Outcome(SIGNAL_EXIT_CODES[self.signal_received])
-        failed = [stage for stage in self.stages.values()
-                  if stage.state == "failed"]
-        if not failed and not self.failing:
-            return Outcome(EXIT_OK)
-        return Outcome(EXIT_FAILED, self._failure_message(failed))
+            return Outcome(SIGNAL_EXIT_CODES.get(self.signal_received, 143))
+        return Outcome(EXIT_OK)
 
-    def _failure_message(self, failed: list[StageProcess]) -> str:
+    def _failure_message(self) -> str:
         # Other stages often fail because of the first one: a stage that got
         # an error frame exits too, and a stage that read invalid frames
         # names the writer.  The cause is the stage that reported a failure
@@ -354,6 +700,7 @@ class Run:
                         f"frames, read by stage '{stage.spec.id}': "
                         f"{stage.error.get('message')}; see "
                         f"{self._log_of(culprit)}")
+        failed = [stage for stage in stages if stage.state == "failed"]
         for stage in failed:
             if stage.exit_code != runtime.EXIT_UPSTREAM_FAILED:
                 return self._describe_failure(stage)
@@ -361,21 +708,24 @@ class Run:
             return self._describe_failure(failed[0])
         return "the run failed"
 
+    @staticmethod
+    def _stage_failure(stage: StageProcess, reason: str) -> str:
+        if stage.error and stage.error.get("message"):
+            return (f"stage '{stage.spec.id}' failed: "
+                    f"{stage.error['message']}; see {stage.log_path}")
+        return f"stage '{stage.spec.id}' {reason}; see {stage.log_path}"
+
     def _describe_failure(self, stage: StageProcess) -> str:
-        for other in self.stages.values():
-            if other.state == "failed" and other is not stage:
-                other.state = "stopped"
-        stage.state = "failed"
         code = stage.exit_code
-        if code is not None and code < 0:
-            how = f"was killed by signal {signal.Signals(-code).name}"
-        else:
-            how = f"exited with code {code}"
         if stage.error and stage.error.get("message"):
             # The exit status adds nothing to the stage's own report; it may
             # even be the SIGTERM sent while the run was being stopped.
             return (f"stage '{stage.spec.id}' failed: "
                     f"{stage.error['message']}; see {stage.log_path}")
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        else:
+            how = f"exited with code {code}"
         return f"stage '{stage.spec.id}' {how}; see {stage.log_path}"
 
     def _log_of(self, stage_id: str) -> str:

@@ -6,10 +6,12 @@ each with its line and, where one helps, a hint such as "did you mean".
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
 import shutil
+import signal
 from typing import Any
 
 from flowctl import codecs, document, units
@@ -17,15 +19,20 @@ from flowctl.builtins import BUILTINS, ROLE_SECTIONS
 from flowctl.document import Document, Problem
 from flowctl.pipeline import API_VERSION, KIND, Pipeline, StageSpec
 from flowctl.process import stage_path
+from flowctl.restarts import POLICIES, RestartPolicy
 
 TOP_KEYS = ("apiVersion", "kind", "metadata", "spec")
 METADATA_KEYS = ("name", "description", "labels")
 SPEC_KEYS = ("sources", "processors", "sinks", "frames", "supervisor",
              "checkpoint")
 FRAMES_KEYS = ("max_size", "batch_size", "flush_interval")
-SUPERVISOR_KEYS = ("stop_timeout",)
+STOP_KEYS = ("restart", "stop_signal", "stop_timeout", "liveness_timeout")
+SUPERVISOR_KEYS = STOP_KEYS + ("drain_timeout",)
+RESTART_KEYS = ("policy", "backoff", "max_restarts", "window")
+BACKOFF_KEYS = ("initial", "max", "multiplier", "jitter")
 STAGE_KEYS = ("id", "stage", "command", "shell", "config", "env", "cwd",
-              "inputs", "codec", "success_exit_codes", "description")
+              "inputs", "codec", "success_exit_codes", "description"
+              ) + STOP_KEYS
 SECTION_ROLES = {section: role for role, section in ROLE_SECTIONS.items()}
 
 STAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -129,7 +136,12 @@ def validate(doc: Document) -> tuple[Pipeline | None, list[Problem],
                                  _default_name(doc.filename)),
                         source=doc.filename, stages=[])
     _check_settings(checker, spec, pipeline)
-    stages = _check_stages(checker, spec)
+    supervisor = spec.get("supervisor")
+    defaults = _stop_settings(
+        checker, ("spec", "supervisor"),
+        supervisor if isinstance(supervisor, dict) else {},
+        StageSpec(id="", role=""))
+    stages = _check_stages(checker, spec, defaults)
     _check_graph(checker, stages)
     if checker.problems:
         return None, checker.problems, checker.warnings
@@ -169,14 +181,98 @@ def _check_settings(checker: Validator, spec: dict, pipeline: Pipeline) -> None:
     supervisor = checker.mapping(("spec", "supervisor"), "spec.supervisor") or {}
     checker.known_keys(("spec", "supervisor"), supervisor, SUPERVISOR_KEYS,
                        "spec.supervisor")
-    if "stop_timeout" in supervisor:
-        seconds = checker.duration(("spec", "supervisor", "stop_timeout"),
-                                   supervisor["stop_timeout"])
+    if "drain_timeout" in supervisor:
+        seconds = checker.duration(("spec", "supervisor", "drain_timeout"),
+                                   supervisor["drain_timeout"])
         if seconds is not None:
-            pipeline.stop_timeout = seconds
+            pipeline.drain_timeout = seconds
 
 
-def _check_stages(checker: Validator, spec: dict) -> list[StageSpec]:
+def _stop_settings(checker: Validator, path: tuple, block: dict,
+                   base: StageSpec) -> StageSpec:
+    """Apply restart, stop and liveness keys of `block` over `base`."""
+    changes: dict[str, Any] = {}
+    if "restart" in block:
+        changes["restart"] = _restart_policy(checker, path + ("restart",),
+                                             block["restart"], base.restart)
+    if "stop_signal" in block:
+        name = str(block["stop_signal"]).upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        if not isinstance(getattr(signal, name, None), signal.Signals):
+            checker.problem(path + ("stop_signal",), f"unknown signal "
+                            f"{block['stop_signal']!r}", "use a name such as "
+                            "SIGTERM, SIGINT or SIGHUP")
+        else:
+            changes["stop_signal"] = name
+    if "stop_timeout" in block:
+        seconds = checker.duration(path + ("stop_timeout",),
+                                   block["stop_timeout"])
+        if seconds is not None:
+            changes["stop_timeout"] = seconds
+    if "liveness_timeout" in block:
+        value = block["liveness_timeout"]
+        if value in ("off", False, 0):
+            changes["liveness_timeout"] = None
+        else:
+            seconds = checker.duration(path + ("liveness_timeout",), value)
+            if seconds is not None:
+                changes["liveness_timeout"] = seconds
+    return dataclasses.replace(base, **changes)
+
+
+def _restart_policy(checker: Validator, path: tuple, block: Any,
+                    base: RestartPolicy) -> RestartPolicy:
+    if isinstance(block, str):
+        block = {"policy": block}
+    if not isinstance(block, dict):
+        checker.problem(path, "'restart' must be a mapping or a policy name")
+        return base
+    checker.known_keys(path, block, RESTART_KEYS, "restart")
+    changes: dict[str, Any] = {}
+    if "policy" in block:
+        if block["policy"] not in POLICIES:
+            checker.problem(path + ("policy",), f"unknown restart policy "
+                            f"{block['policy']!r}",
+                            did_you_mean(block["policy"], POLICIES) or
+                            "use " + ", ".join(POLICIES))
+        else:
+            changes["policy"] = block["policy"]
+    if "window" in block:
+        seconds = checker.duration(path + ("window",), block["window"])
+        if seconds is not None:
+            changes["window"] = seconds
+    if "max_restarts" in block:
+        value = block["max_restarts"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            checker.problem(path + ("max_restarts",), f"max_restarts must be "
+                            f"a number of restarts, not {value!r}")
+        else:
+            changes["max_restarts"] = value
+    backoff = block.get("backoff", {})
+    if not isinstance(backoff, dict):
+        checker.problem(path + ("backoff",), "'backoff' must be a mapping")
+        backoff = {}
+    checker.known_keys(path + ("backoff",), backoff, BACKOFF_KEYS, "backoff")
+    for key in ("initial", "max"):
+        if key in backoff:
+            seconds = checker.duration(path + ("backoff", key), backoff[key])
+            if seconds is not None:
+                changes[key] = seconds
+    for key, low in (("multiplier", 1.0), ("jitter", 0.0)):
+        if key in backoff:
+            value = backoff[key]
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or value < low or (key == "jitter" and value > 1)):
+                checker.problem(path + ("backoff", key), f"invalid {key} "
+                                f"{value!r}", "multiplier is 1 or more, "
+                                "jitter from 0 to 1")
+            else:
+                changes[key] = float(value)
+    return dataclasses.replace(base, **changes)
+
+
+def _check_stages(checker: Validator, spec: dict,
+                  defaults: StageSpec) -> list[StageSpec]:
     stages: list[StageSpec] = []
     first_line: dict[str, int] = {}
     for section, role in SECTION_ROLES.items():
@@ -193,7 +289,7 @@ def _check_stages(checker: Validator, spec: dict) -> list[StageSpec]:
                 checker.problem(path, f"each entry of spec.{section} must be "
                                       f"a mapping with an id")
                 continue
-            stage = _check_stage(checker, path, entry, role)
+            stage = _check_stage(checker, path, entry, role, defaults)
             if stage is None:
                 continue
             if stage.id in first_line:
@@ -213,7 +309,7 @@ def _check_stages(checker: Validator, spec: dict) -> list[StageSpec]:
 
 
 def _check_stage(checker: Validator, path: tuple, entry: dict,
-                 role: str) -> StageSpec | None:
+                 role: str, defaults: StageSpec) -> StageSpec | None:
     checker.known_keys(path, entry, STAGE_KEYS, f"a {role}")
     stage_id = entry.get("id")
     if stage_id is None:
@@ -223,7 +319,8 @@ def _check_stage(checker: Validator, path: tuple, entry: dict,
     if not STAGE_ID.match(stage_id):
         checker.problem(path + ("id",), f"invalid stage id '{stage_id}'",
                         "use letters, digits, '-', '_' and '.'")
-    stage = StageSpec(id=stage_id, role=role, line=checker.doc.line(path))
+    stage = _stop_settings(checker, path, entry, dataclasses.replace(
+        defaults, id=stage_id, role=role, line=checker.doc.line(path)))
     kinds = [key for key in ("stage", "command", "shell") if key in entry]
     if len(kinds) != 1:
         message = (f"stage '{stage_id}' has none of 'stage', 'command' and "

@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shlex
 import signal
 import statistics
@@ -86,6 +87,7 @@ class Contender:
     argv: list[str]
     read_count: Callable[[str, str], int | None]
     seconds: list[float] = field(default_factory=list)
+    cpu_seconds: list[float] = field(default_factory=list)
 
     @property
     def command(self) -> str:
@@ -102,6 +104,9 @@ class Contender:
             "median_seconds": round(median, 4),
             "best_records_per_second": round(records / best),
             "median_records_per_second": round(records / median),
+            "cpu_seconds": [round(value, 4) for value in self.cpu_seconds],
+            "median_cpu_seconds": round(
+                statistics.median(self.cpu_seconds), 4),
         }
 
 
@@ -160,12 +165,23 @@ def _tail(text: str) -> str:
     return text
 
 
-def run_once(contender: Contender, records: int, timeout: float) -> float:
-    """Run a contender once; return its wall-clock seconds.
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_once(contender: Contender, records: int, timeout: float
+             ) -> tuple[float, float]:
+    """Run a contender once; return its wall-clock and CPU seconds.
+
+    CPU seconds are user plus system time of every process in the run,
+    which the kernel adds to ours once the shell or flowctl has reaped its
+    children and we have reaped it.
 
     Raises BrokenRun when the command fails, times out, or its sink did not
     count exactly `records` records.
     """
+    cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     # A session of its own lets a timed-out run be killed with every
     # process of its pipeline, not just the shell or flowctl at its head.
@@ -181,6 +197,7 @@ def run_once(contender: Contender, records: int, timeout: float) -> float:
         raise BrokenRun(f"{contender.name} timed out after {timeout:g} s; "
                         f"raise --timeout or lower --records") from None
     elapsed = time.perf_counter() - started
+    cpu_seconds = _children_cpu_seconds() - cpu_before
     if process.returncode != 0:
         raise BrokenRun(f"{contender.name} exited with code "
                         f"{process.returncode}: {_tail(stderr)}")
@@ -188,7 +205,7 @@ def run_once(contender: Contender, records: int, timeout: float) -> float:
     if count != records:
         raise BrokenRun(f"{contender.name}'s sink counted {count} records, "
                         f"expected {records}: {_tail(stderr)}")
-    return elapsed
+    return elapsed, cpu_seconds
 
 
 def _cpu_model() -> str:
@@ -203,12 +220,33 @@ def _cpu_model() -> str:
 
 
 def _interpreter_versions(python: str) -> dict[str, str]:
-    probe = ("import json, platform, msgpack; print(json.dumps({"
+    probe = ("import json, platform, msgpack, flowctl; print(json.dumps({"
              "'python': platform.python_version(), "
-             "'msgpack': '.'.join(map(str, msgpack.version))}))")
+             "'msgpack': '.'.join(map(str, msgpack.version)), "
+             "'flowctl_package': flowctl.__file__}))")
     output = subprocess.run([python, "-c", probe], capture_output=True,
                             text=True, check=True).stdout
     return json.loads(output)
+
+
+def _git_commit(path: str) -> str | None:
+    """Return the commit of the work tree holding `path`, if there is one.
+
+    A "+dirty" suffix means flowctl/ or stages/ there has uncommitted
+    changes, so the numbers are for code that no commit contains.
+    """
+    directory = os.path.dirname(os.path.dirname(path))
+    try:
+        commit = subprocess.run(
+            ["git", "-C", directory, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        changes = subprocess.run(
+            ["git", "-C", directory, "status", "--porcelain", "--",
+             "flowctl", "stages"],
+            capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("+dirty" if changes else "")
 
 
 def describe_machine(python: str) -> dict[str, Any]:
@@ -220,6 +258,7 @@ def describe_machine(python: str) -> dict[str, Any]:
         "python_executable": python,
     }
     info.update(_interpreter_versions(python))
+    info["flowctl_commit"] = _git_commit(info["flowctl_package"])
     info["python_dont_write_bytecode"] = bool(
         os.environ.get("PYTHONDONTWRITEBYTECODE"))
     return info
@@ -260,12 +299,14 @@ def format_table(records: int, repeat: int, contenders: list[Contender],
              f"best and median of {repeat} runs",
              "",
              f"{'contender':<22} {'best s':>8} {'median s':>9} "
-             f"{'best rec/s':>12} {'median rec/s':>13}"]
+             f"{'best rec/s':>12} {'median rec/s':>13} {'CPU s':>6}"]
     for contender in contenders:
         best = min(contender.seconds)
         median = statistics.median(contender.seconds)
+        cpu = statistics.median(contender.cpu_seconds)
         lines.append(f"{contender.label:<22} {best:>8.3f} {median:>9.3f} "
-                     f"{records / best:>12,.0f} {records / median:>13,.0f}")
+                     f"{records / best:>12,.0f} {records / median:>13,.0f} "
+                     f"{cpu:>6.2f}")
     if ratios:
         lines += ["",
                   f"{'ratio (records/s)':<26} {'best':>6} {'median':>7} "
@@ -333,16 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         for round_number in range(1, arguments.repeat + 1):
             for contender in contenders:
                 try:
-                    seconds = run_once(contender, records, arguments.timeout)
+                    seconds, cpu_seconds = run_once(
+                        contender, records, arguments.timeout)
                 except BrokenRun as error:
                     print(f"bench: run {round_number} failed: {error}",
                           file=sys.stderr)
                     return EXIT_BROKEN_RUN
                 contender.seconds.append(seconds)
+                contender.cpu_seconds.append(cpu_seconds)
                 if not arguments.json:
                     print(f"run {round_number}/{arguments.repeat} "
-                          f"{contender.name}: {seconds:.3f} s",
-                          file=sys.stderr)
+                          f"{contender.name}: {seconds:.3f} s, "
+                          f"{cpu_seconds:.3f} CPU s", file=sys.stderr)
     ratios = compute_ratios(contenders)
     targets_met = all(ratio["met"] for ratio in ratios.values())
     if arguments.json:

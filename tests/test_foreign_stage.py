@@ -230,11 +230,41 @@ def test_record_failure_fails_run(tmp_path, env, home):
 
     message = "field 'seq' is not a number in record {'seq': 'x'}"
     assert result.returncode == 1
-    # The control channel's error message names the stage at fault, even
-    # though the sink downstream failed too after the error frame.
-    assert (f"flowctl: stage 'double' failed: {message} (exited with code 1)"
-            in result.stderr)
+    # Without the control channel's error message, flowctl would only
+    # report the exit code.
+    assert f"flowctl: stage 'double' failed: {message}; see " in result.stderr
     assert message in stage_log(home, "double")
+
+
+def test_text_input_blames_writer(tmp_path, env, home):
+    output = tmp_path / "out.jsonl"
+    pipeline = write_pipeline(tmp_path / "text.yaml", f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        metadata: {{name: foreign-text-input}}
+        spec:
+          sources:
+            - id: text
+              command: [echo, hello world]
+          processors:
+            - id: double
+              command: {COMMAND}
+              inputs: [text]
+          sinks:
+            - id: out
+              stage: write-jsonl
+              config: {{path: {json.dumps(str(output))}}}
+              inputs: [double]
+        """)
+
+    result = run_flowctl(["run", str(pipeline)], env)
+
+    # "hell" read as a big-endian length is 1751477356.
+    message = ("stage 'text' sent a frame of 1751477356 bytes, over the "
+               "maximum of 16777216 bytes")
+    assert result.returncode == 1
+    assert (f"flowctl: stage 'text' wrote output that is not flowctl frames, "
+            f"read by stage 'double': {message}; see " in result.stderr)
 
 
 def test_barrier_forwarded_between_batches():
@@ -299,4 +329,4 @@ def test_truncated_frame_rejected():
     assert decode_frames(result.stdout)[-1] == [
         5, {"stage": "double",
             "message": "stage 'upstream' closed its output in the middle "
-                       "of a frame (15 bytes left)"}]
+                       "of a frame (11 bytes left)"}]

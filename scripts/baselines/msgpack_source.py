@@ -9,6 +9,7 @@ BATCH_SIZE records a frame.  End of stream is the end of the pipe.
 
 from __future__ import annotations
 
+import fcntl
 import struct
 import sys
 
@@ -16,10 +17,21 @@ import msgpack
 
 HEADER = struct.Struct(">I")
 BATCH = 2
+# flowctl gives each pipe between stages 1 MiB, so the baseline does too
+# and the comparison is between the code at either end, not pipe sizes.
+PIPE_SIZE = 1024 * 1024
 BATCH_SIZE = 1024
 
 
+def enlarge_stdout_pipe() -> None:
+    try:
+        fcntl.fcntl(1, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    except OSError:
+        pass  # stdout is not a pipe, or the size is over pipe-max-size
+
+
 def main() -> None:
+    enlarge_stdout_pipe()
     count = int(sys.argv[1])
     pack = msgpack.Packer(use_bin_type=True).pack
     pack_header = HEADER.pack

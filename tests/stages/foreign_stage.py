@@ -86,7 +86,7 @@ class Counters:
 
 
 class Control:
-    """The control channel; every method does nothing without one."""
+    """The stage's end of the control channel, or nothing when it has none."""
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
@@ -245,8 +245,8 @@ class DoubleStage:
             ready, _, _ = select.select(list(open_inputs), [], [])
             for fd in ready:
                 source = open_inputs[fd]
-                for raw, value in source.read_frames(self.counters):
-                    self.handle(source, raw, value)
+                for frame_bytes, frame in source.read_frames(self.counters):
+                    self.handle(source, frame_bytes, frame)
                     if source.ended:
                         # The end frame is the last one a pipe carries.
                         break
@@ -254,7 +254,7 @@ class DoubleStage:
         self.write_frame(encode_frame([END]))
         self.control.send(self.counters.as_message("done"))
 
-    def handle(self, source: Input, raw: bytes, frame: Any) -> None:
+    def handle(self, source: Input, frame_bytes: bytes, frame: Any) -> None:
         if not source.greeted:
             check_hello(source, frame)
             source.greeted = True
@@ -275,12 +275,13 @@ class DoubleStage:
         elif kind == BARRIER:
             # Each batch is written out as soon as it is processed, so
             # nothing is buffered and the barrier can go on at once.
-            self.write_frame(raw)
+            self.write_frame(frame_bytes)
         elif kind == END:
             source.ended = True
         elif kind == ERROR:
-            info = frame[1] if len(frame) > 1 and isinstance(frame[1], dict) \
-                else {}
+            info = {}
+            if len(frame) > 1 and isinstance(frame[1], dict):
+                info = frame[1]
             upstream = str(info.get("stage", source.stage))
             message = str(info.get("message", "no message"))
             raise StageFailed(f"upstream stage '{upstream}' failed: {message}",
