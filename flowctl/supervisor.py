@@ -197,6 +197,10 @@ class Run:
 
     def _loop_once(self) -> None:
         for key, _ in self.selector.select(TICK_SECONDS):
+            # An earlier event of the same batch may have closed this one.
+            current = self.selector.get_map().get(key.fileobj)
+            if current is None or current.data != key.data:
+                continue
             kind, item = key.data
             if kind == "control":
                 self._on_control(item)
