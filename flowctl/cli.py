@@ -13,7 +13,9 @@ import click
 
 from flowctl import __version__
 from flowctl.builtins import BUILTINS
-from flowctl.display import LiveView, PlainView, View
+from flowctl import runs_cli
+from flowctl.display import JsonView, LiveView, PlainView, View
+from flowctl.metrics import serve_metrics
 from flowctl.document import Problem
 from flowctl.home import new_run_id, resolve_home
 from flowctl.inline import INLINE_FILENAME, parse_inline
@@ -81,8 +83,16 @@ def main() -> None:
 @click.option("--live/--no-live", default=None,
               help="Show the live per-stage table [default: when stdout is "
                    "a terminal and no stage writes to stdout].")
+@click.option("--log-format", type=click.Choice(["text", "json"]),
+              default="text", show_default=True,
+              help="Format of flowctl's own log lines on stderr; json "
+                   "turns the live table off.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535),
+              metavar="PORT",
+              help="Serve Prometheus metrics on 127.0.0.1:PORT.")
 def run(file: str | None, expression: str | None, home: str | None,
-        live: bool | None) -> None:
+        live: bool | None, log_format: str,
+        metrics_port: int | None) -> None:
     """Run a pipeline until its sources end, or until Ctrl-C.
 
     Ctrl-C (or SIGTERM) stops the sources and lets the records in flight
@@ -104,8 +114,15 @@ def run(file: str | None, expression: str | None, home: str | None,
     if pipeline is None:
         sys.exit(EXIT_USAGE)
     run_id = new_run_id()
-    view = _make_view(pipeline, run_id, live)
+    view = _make_view(pipeline, run_id, live, log_format)
     runner = Run(pipeline, resolve_home(home), run_id, view)
+    if metrics_port is not None:
+        try:
+            serve_metrics(runner, metrics_port)
+        except OSError as error:
+            click.echo(f"flowctl: cannot serve metrics on 127.0.0.1:"
+                       f"{metrics_port}: {error.strerror}", err=True)
+            sys.exit(EXIT_USAGE)
     view.event(f"running pipeline '{pipeline.name}' with "
                f"{len(pipeline.stages)} stages; logs in {runner.directory}")
     outcome = runner.execute()
@@ -114,7 +131,10 @@ def run(file: str | None, expression: str | None, home: str | None,
     sys.exit(outcome.exit_code)
 
 
-def _make_view(pipeline: Pipeline, run_id: str, live: bool | None) -> View:
+def _make_view(pipeline: Pipeline, run_id: str, live: bool | None,
+               log_format: str) -> View:
+    if log_format == "json":
+        return JsonView(run_id)
     if live is None:
         live = sys.stdout.isatty() and not pipeline.writes_to_stdout()
     if live:
@@ -186,3 +206,6 @@ def stages() -> None:
         for key, param in builtin.params.items():
             required = " (required)" if param.required else ""
             click.echo(f"    {key}{required}: {param.help}")
+
+
+runs_cli.register(main)

@@ -141,10 +141,12 @@ class CsvCodec(LinesCodec):
         return self._rows(self.split(data))
 
     def decode_end(self) -> list[Any]:
-        lines = self.split_end()
+        records = self._rows(self.split_end())
         if self._pending:
-            lines.append("")
-        return self._rows(lines)
+            preview = self._pending[:77]
+            raise CodecError(f"output ends inside a quoted CSV field: "
+                             f"{preview!r}")
+        return records
 
 
 def make_codec(name: str) -> LinesCodec:

@@ -9,8 +9,10 @@ which is drawn on the terminal flowctl's stdout is attached to.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 REFRESH_INTERVAL = 0.25
 PLAIN_PROGRESS_INTERVAL = 10.0
 RATE_WINDOW = 2.0
+STDERR_LINES_PER_SECOND = 200
 
 
 def format_count(value: int | None) -> str:
@@ -61,6 +64,35 @@ def throughput_count(stage: StageProcess) -> int | None:
     """The count that measures a stage's progress: out, or in for sinks."""
     key = "records_in" if stage.spec.role == "sink" else "records_out"
     return stage.totals.get(key)
+
+
+class StderrBudget:
+    """Limits how many stderr lines per stage reach the terminal.
+
+    A stage that floods stderr would otherwise drown every other message;
+    the log file still gets every line.
+    """
+
+    def __init__(self) -> None:
+        self.window_start = time.monotonic()
+        self.counts: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+
+    def allow(self, stage_id: str) -> bool:
+        count = self.counts.get(stage_id, 0) + 1
+        self.counts[stage_id] = count
+        if count <= STDERR_LINES_PER_SECOND:
+            return True
+        self.dropped[stage_id] = self.dropped.get(stage_id, 0) + 1
+        return False
+
+    def take_dropped(self, now: float) -> list[tuple[str, int]]:
+        if now - self.window_start < 1.0:
+            return []
+        self.window_start = now
+        self.counts = {}
+        dropped, self.dropped = list(self.dropped.items()), {}
+        return dropped
 
 
 class View:
@@ -113,6 +145,7 @@ class PlainView(View):
     def __init__(self, run_id: str, stream: TextIO = sys.stderr) -> None:
         super().__init__(run_id, stream)
         self.last_progress = time.monotonic()
+        self.stderr_budget = StderrBudget()
 
     def _write(self, text: str) -> None:
         self.stream.write(text + "\n")
@@ -124,10 +157,14 @@ class PlainView(View):
         self._write(f"{stamp} {where} {message}")
 
     def stderr_line(self, stage_id: str, line: str) -> None:
-        self._write(f"[{stage_id}] {line}")
+        if self.stderr_budget.allow(stage_id):
+            self._write(f"[{stage_id}] {line}")
 
     def tick(self) -> None:
         now = time.monotonic()
+        for stage_id, dropped in self.stderr_budget.take_dropped(now):
+            self.event(f"{dropped} more stderr lines are only in the log "
+                       f"file", stage_id)
         if now - self.last_progress < PLAIN_PROGRESS_INTERVAL:
             return
         self.last_progress = now
@@ -136,6 +173,37 @@ class PlainView(View):
             count = throughput_count(stage)
             parts.append(f"{stage.spec.id}={format_count(count)}")
         self.event("progress " + " ".join(parts))
+
+
+class JsonView(PlainView):
+    """One JSON object per line for each event, for log collectors."""
+
+    def event(self, message: str, stage_id: str | None = None) -> None:
+        self._write(json.dumps({
+            "time": datetime.now(timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": "info", "run": self.run_id, "stage": stage_id,
+            "event": message}))
+
+    def stderr_line(self, stage_id: str, line: str) -> None:
+        if self.stderr_budget.allow(stage_id):
+            self._write(json.dumps({
+                "time": datetime.now(timezone.utc).isoformat(
+                    timespec="milliseconds"),
+                "level": "info", "run": self.run_id, "stage": stage_id,
+                "stderr": line}))
+
+    def summary(self, elapsed: float) -> None:
+        for stage in self.stages:
+            totals = stage.totals
+            self._write(json.dumps({
+                "time": datetime.now(timezone.utc).isoformat(
+                    timespec="milliseconds"),
+                "level": "info", "run": self.run_id, "stage": stage.spec.id,
+                "event": "summary", "state": stage.state,
+                "records_in": totals.get("records_in", 0),
+                "records_out": totals.get("records_out", 0),
+                "restarts": stage.restarts, "exit_code": stage.exit_code}))
 
 
 class LiveView(View):

@@ -73,13 +73,17 @@ def _segment_entry(words: list[str], number: int,
         return {"id": rest[0].rsplit("/", 1)[-1], "command": rest,
                 "codec": codec}
     config = {}
+    params = BUILTINS[name].params if name in BUILTINS else {}
     for word in rest:
         key, equals, value = word.partition("=")
         if not equals or not key:
             problems.append(Problem(number, f"expected key=value after "
                                             f"'{name}', got {word!r}"))
             continue
-        config[key] = _parse_value(value)
+        # A key that takes text keeps it as written: where=True is the
+        # expression "True", not a boolean.
+        text_only = key in params and params[key].type is str
+        config[key] = value if text_only else _parse_value(value)
     entry: dict[str, Any] = {"id": name, "stage": name}
     if config:
         entry["config"] = config
@@ -106,18 +110,20 @@ def parse_inline(text: str) -> Document:
                                             f"{error}"))
         return document
     entries = []
+    if not tokens:
+        document = Document(INLINE_FILENAME, None)
+        document.problems.append(Problem(1, "the pipeline is empty"))
+        return document
     for number, words in enumerate(_segments(tokens), 1):
         entry = _segment_entry(words, number, problems)
         if entry is not None:
             entries.append((number, entry))
     document = Document(INLINE_FILENAME, None, problems=problems)
     if not entries:
-        if not problems:
-            problems.append(Problem(1, "the pipeline is empty"))
         return document
     last = entries[-1][1]
     if not (last.get("stage") in BUILTINS
-            and BUILTINS[last["stage"]].role == "sink") and len(entries) > 0:
+            and BUILTINS[last["stage"]].role == "sink"):
         name, config = DEFAULT_SINK
         if not (len(entries) > 1 and "command" in last):
             entries.append((len(entries) + 1,

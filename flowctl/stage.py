@@ -33,6 +33,9 @@ from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
                              Context, UpstreamFailed)
 
 RECORD_PREVIEW_CHARS = 200
+
+IDLE = object()
+"""Yielded by a source that has no record right now (see `Source`)."""
 # A sink that never waits for input still flushes (commits) this often.
 SINK_FLUSH_INTERVAL = 1.0
 
@@ -42,9 +45,10 @@ class Source:
 
     `open(config)` runs first with the stage's `config` mapping from the
     pipeline file; `close()` runs after the last record, also when the run
-    is stopped early.  Yielding None emits nothing but lets the library
-    flush the current batch and answer flowctl, so a source that waits for
-    data (polling a file that grows, say) should yield None while it waits.
+    is stopped early.  Yielding `flowctl.IDLE` emits nothing but lets the
+    library flush the current batch and answer flowctl, so a source that
+    waits for data (polling a file that grows, say) should yield IDLE while
+    it waits.  Any other value, None included, is a record.
     """
 
     def open(self, config: dict[str, Any]) -> None:
@@ -198,7 +202,7 @@ def _source_loop(ctx: Context, source: Source) -> None:
     last_flush = monotonic()
     try:
         for record in generator:
-            if record is not None:
+            if record is not IDLE:
                 buffer.append(record)
                 if (len(buffer) < batch_size
                         and monotonic() - last_flush < interval):

@@ -21,13 +21,13 @@ spec:
       stage: map
       config: {expr: "{'n': r['seq'], 'square': r['seq'] ** 2}"}
       inputs: [evens]
-    - id: tally
-      command: [wc, -l]          # any executable works as a stage
-      codec: lines
-      inputs: [squares]
   sinks:
     - id: out
       stage: write-jsonl
       config: {path: out/squares.jsonl}
+      inputs: [squares]
+    - id: tally
+      command: [wc, -l]          # any executable works as a stage; this
+      codec: lines               # one prints the count on flowctl's stdout
       inputs: [squares]
 """

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowctl import protocol, runtime
-from flowctl.display import View
+from flowctl.display import RateMeter, View
 from flowctl.home import run_directory
 from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
@@ -101,6 +101,8 @@ class Run:
         self.control_server: ControlServer | None = None
         self.next_registry_write = 0.0
         self.started_at = time.time()
+        self.rates = RateMeter()
+        self.current_rates: dict[str, float | None] = {}
         self.signal_read, self.signal_write = os.pipe()
 
     # Set-up
@@ -224,6 +226,7 @@ class Run:
         self._check_liveness(now)
         if now >= self.next_registry_write:
             self.next_registry_write = now + REGISTRY_INTERVAL
+            self._measure_rates(now)
             self._write_registry()
         self.view.tick()
 
@@ -602,7 +605,8 @@ class Run:
             "pid": os.getpid(),
             "state": self._run_state(),
             "started_at": self.started_at,
-            "stages": [self._stage_row(stage)
+            "stages": [{**self._stage_row(stage),
+                        "rate": self.current_rates.get(stage.spec.id)}
                        for stage in self.stages.values()],
         }
 
@@ -626,6 +630,12 @@ class Run:
             "records_out": totals.get("records_out", 0),
             "last_error": stage.last_error,
         }
+
+    def _measure_rates(self, now: float) -> None:
+        for stage in self.stages.values():
+            key = "records_in" if stage.spec.role == "sink" else "records_out"
+            self.current_rates[stage.spec.id] = self.rates.update(
+                stage.spec.id, stage.totals.get(key, 0), now)
 
     def _write_registry(self) -> None:
         if self.registry is not None:

@@ -6,10 +6,10 @@ import itertools
 import time
 from typing import Any, Iterator
 
-from flowctl.stage import run_source
+from flowctl.stage import IDLE, run_source
 
 
-def generate(config: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
+def generate(config: dict[str, Any]) -> Iterator[Any]:
     count = config.get("count")
     rate = config.get("rate")
     payload = "x" * config["payload"] if config.get("payload") else None
@@ -23,9 +23,9 @@ def generate(config: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
         if rate:
             delay = started + seq / rate - time.monotonic()
             if delay > 0:
-                # Yield None first so the batch so far goes out before the
+                # Yield IDLE first so the batch so far goes out before the
                 # pause instead of after it.
-                yield None
+                yield IDLE
                 time.sleep(delay)
         yield {"seq": seq} if payload is None else {"seq": seq, "data": payload}
 

@@ -8,6 +8,7 @@ null; by default every value stays a string.
 from __future__ import annotations
 
 import csv
+import re
 from typing import Any, Iterator
 
 from flowctl.stage import run_source
@@ -15,23 +16,22 @@ from flowctl.stages._common import open_input
 
 
 NUMBER_START = frozenset("0123456789+-.")
+INTEGER = re.compile(r"[+-]?[0-9]+")
+DECIMAL = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def convert(value: str, nulls: frozenset[str]) -> Any:
+    # Only plain ASCII numerals count: int() would also take "1_000" and
+    # other scripts' digits, which a CSV file means as text.
     if value in nulls:
         return None
     if value[:1] not in NUMBER_START:
         return value
-    if value.isdigit():
+    if INTEGER.fullmatch(value):
         return int(value)
-    try:
-        return int(value)
-    except ValueError:
-        pass
-    try:
+    if DECIMAL.fullmatch(value):
         return float(value)
-    except ValueError:
-        return value
+    return value
 
 
 def read_csv(config: dict[str, Any]) -> Iterator[dict[str, Any]]:

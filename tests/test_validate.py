@@ -863,8 +863,8 @@ def test_init_file_validates(tmp_path, env):
     result = run_flowctl(["validate", FILENAME], env, cwd=tmp_path)
 
     assert result.returncode == 0
-    assert result.stdout == "pipeline.yaml: valid (1 source, 3 processors, " \
-                            "1 sink)\n"
+    assert result.stdout == "pipeline.yaml: valid (1 source, 2 processors, " \
+                            "2 sinks)\n"
 
 
 def test_init_file_has_no_warnings(tmp_path, env):
@@ -881,7 +881,7 @@ def test_init_file_runs(tmp_path, env):
     result = run_flowctl(["run", FILENAME], env, cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == ""
+    assert result.stdout == "500\n"
     expected = "".join(json.dumps({"n": n, "square": n * n},
                                   separators=(",", ":")) + "\n"
                        for n in range(0, 1000, 2))

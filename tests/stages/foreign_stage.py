@@ -5,8 +5,10 @@ run it show that the document is enough to write a stage in any language.
 The stage doubles one numeric field of every map record: the field named by
 the config key "field" ("value" when absent). Records without that field
 pass through unchanged. It reads any number of inputs, writes every frame to
-every output, forwards barriers, and uses the control channel when
-FLOWCTL_CONTROL_FD is set.
+every output, and forwards barriers. When FLOWCTL_CONTROL_FD is set, it
+also speaks the control channel: hello, ready, stats as a heartbeat, done
+or error, and the rewire messages that switch it to new pipes when a
+neighbouring stage is restarted.
 
 At start it writes its input and output descriptors to stderr, which flowctl
 keeps in the stage's log, so tests can see how the pipes were wired.
@@ -17,10 +19,12 @@ from __future__ import annotations
 import json
 import os
 import select
+import socket
 import struct
 import sys
 import time
 import traceback
+from collections import deque
 from typing import Any
 
 import msgpack
@@ -29,8 +33,11 @@ HEADER = struct.Struct(">I")
 PROTOCOL = "flowctl"
 VERSION = 1
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
+CONTROL_MAX_FRAME_SIZE = 16 * 1024 * 1024
 READ_SIZE = 1 << 16
-STATS_INTERVAL_SECONDS = 0.5
+MAX_FDS_PER_READ = 16
+# Stats double as the heartbeat that flowctl's liveness check waits for.
+HEARTBEAT_SECONDS = 0.5
 
 HELLO = 1
 BATCH = 2
@@ -54,9 +61,42 @@ class StageFailed(Exception):
         self.upstream = upstream
 
 
+class InvalidFrame(Exception):
+    """Bytes that do not split into valid frames."""
+
+
 def encode_frame(value: Any) -> bytes:
     payload = msgpack.packb(value, use_bin_type=True)
     return HEADER.pack(len(payload)) + payload
+
+
+def split_frames(buffer: bytearray,
+                 max_frame_size: int) -> list[tuple[bytes, Any]]:
+    """Remove every complete frame from `buffer`; return (bytes, value) pairs.
+
+    Raise InvalidFrame for a length over `max_frame_size`, checked before the
+    payload has arrived, or for a payload that is not one msgpack value.
+    """
+    frames = []
+    position = 0
+    while len(buffer) - position >= HEADER.size:
+        (size,) = HEADER.unpack_from(buffer, position)
+        if size > max_frame_size:
+            raise InvalidFrame(f"a frame of {size} bytes, over the maximum "
+                               f"of {max_frame_size} bytes")
+        end = position + HEADER.size + size
+        if end > len(buffer):
+            break
+        payload = bytes(buffer[position + HEADER.size:end])
+        try:
+            value = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as error:
+            raise InvalidFrame(f"a frame that is not valid msgpack: "
+                               f"{error}") from None
+        frames.append((bytes(buffer[position:end]), value))
+        position = end
+    del buffer[:position]
+    return frames
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -86,26 +126,58 @@ class Counters:
 
 
 class Control:
-    """The stage's end of the control channel, or nothing when it has none."""
+    """The stage's end of the control channel, or nothing when it has none.
+
+    Messages from flowctl may carry a file descriptor (SCM_RIGHTS). The
+    descriptors are queued in arrival order, and each rewire message takes
+    the next one.
+    """
 
     def __init__(self, fd: int | None) -> None:
         self.fd = fd
+        self.socket = socket.socket(fileno=fd) if fd is not None else None
+        self.buffer = bytearray()
+        self.received_fds: deque[int] = deque()
         self.last_stats = 0.0
 
     def send(self, message: dict[str, Any]) -> None:
-        if self.fd is None:
+        if self.socket is None:
             return
         try:
-            write_all(self.fd, encode_frame(message))
+            self.socket.sendall(encode_frame(message))
         except OSError:
             # flowctl is gone, and the kernel ends this process with it.
-            self.fd = None
+            self.close()
 
-    def send_stats(self, counters: Counters) -> None:
+    def send_heartbeat(self, counters: Counters) -> None:
         now = time.monotonic()
-        if now - self.last_stats >= STATS_INTERVAL_SECONDS:
+        if now - self.last_stats >= HEARTBEAT_SECONDS:
             self.last_stats = now
             self.send(counters.as_message("stats"))
+
+    def read_messages(self) -> list[Any]:
+        """Read once; return the complete messages (an empty list at EOF)."""
+        data, fds, _, _ = socket.recv_fds(self.socket, READ_SIZE,
+                                          MAX_FDS_PER_READ)
+        self.received_fds.extend(fds)
+        if not data:
+            # Only a source stops when flowctl goes away, and this stage is
+            # a processor, so it just stops listening.
+            self.close()
+            return []
+        self.buffer += data
+        try:
+            frames = split_frames(self.buffer, CONTROL_MAX_FRAME_SIZE)
+        except InvalidFrame as error:
+            raise StageFailed(f"flowctl sent {error} on the control "
+                              f"channel") from None
+        return [value for _, value in frames]
+
+    def close(self) -> None:
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = None
+        self.fd = None
 
 
 class Input:
@@ -137,27 +209,22 @@ class Input:
             return []
         counters.bytes_in += len(chunk)
         self.buffer += chunk
-        frames = []
-        position = 0
-        while len(self.buffer) - position >= HEADER.size:
-            (size,) = HEADER.unpack_from(self.buffer, position)
-            if size > self.max_frame_size:
-                raise self.bad_input(f"sent a frame of {size} bytes, over the "
-                                     f"maximum of {self.max_frame_size} bytes")
-            end = position + HEADER.size + size
-            if end > len(self.buffer):
-                break
-            payload = bytes(self.buffer[position + HEADER.size:end])
-            try:
-                value = msgpack.unpackb(payload, raw=False,
-                                        strict_map_key=False)
-            except (ValueError, msgpack.UnpackException) as error:
-                raise self.bad_input(f"sent a frame that is not valid "
-                                     f"msgpack: {error}") from None
-            frames.append((bytes(self.buffer[position:end]), value))
-            position = end
-        del self.buffer[:position]
-        return frames
+        try:
+            return split_frames(self.buffer, self.max_frame_size)
+        except InvalidFrame as error:
+            raise self.bad_input(f"sent {error}") from None
+
+    def switch_to(self, fd: int) -> None:
+        """Read from a new pipe, which starts with a hello of its own.
+
+        A partial frame left in the old pipe by the writer that failed is
+        dropped with it.
+        """
+        os.close(self.fd)
+        self.fd = fd
+        self.buffer = bytearray()
+        self.greeted = False
+        self.ended = False
 
 
 class DoubleStage:
@@ -200,6 +267,10 @@ class DoubleStage:
         os.dup2(2, 1)
         return private
 
+    def hello_frame(self) -> bytes:
+        return encode_frame([HELLO, {"protocol": PROTOCOL, "version": VERSION,
+                                     "stage": self.stage_id}])
+
     def write_frame(self, frame: bytes) -> None:
         for fd in self.output_fds:
             write_all(fd, frame)
@@ -234,25 +305,61 @@ class DoubleStage:
         self.control.send({"type": "hello", "stage": self.stage_id,
                            "pid": os.getpid(), "role": "processor",
                            "version": VERSION})
-        self.write_frame(encode_frame(
-            [HELLO, {"protocol": PROTOCOL, "version": VERSION,
-                     "stage": self.stage_id}]))
-        while True:
-            open_inputs = {item.fd: item for item in self.inputs
-                           if not item.ended}
-            if not open_inputs:
-                break
-            ready, _, _ = select.select(list(open_inputs), [], [])
-            for fd in ready:
-                source = open_inputs[fd]
-                for frame_bytes, frame in source.read_frames(self.counters):
-                    self.handle(source, frame_bytes, frame)
-                    if source.ended:
-                        # The end frame is the last one a pipe carries.
-                        break
-            self.control.send_stats(self.counters)
+        for fd in self.output_fds:
+            write_all(fd, self.hello_frame())
+        # This stage opens nothing before it can work, so it is ready now.
+        self.control.send({"type": "ready"})
+        while any(not item.ended for item in self.inputs):
+            watched = [item.fd for item in self.inputs if not item.ended]
+            if self.control.fd is not None:
+                watched.append(self.control.fd)
+            ready, _, _ = select.select(watched, [], [], HEARTBEAT_SECONDS)
+            if self.control.fd is not None and self.control.fd in ready:
+                for message in self.control.read_messages():
+                    self.apply_control(message)
+            for item in self.inputs:
+                if item.fd in ready and not item.ended:
+                    self.read_input(item)
+            self.control.send_heartbeat(self.counters)
         self.write_frame(encode_frame([END]))
         self.control.send(self.counters.as_message("done"))
+
+    def read_input(self, item: Input) -> None:
+        for frame_bytes, frame in item.read_frames(self.counters):
+            self.handle(item, frame_bytes, frame)
+            if item.ended:
+                # The end frame is the last one a pipe carries.
+                return
+
+    def apply_control(self, message: Any) -> None:
+        """Apply a rewire message from flowctl, between two frames.
+
+        `index` is the position in FLOWCTL_INPUT_FDS or FLOWCTL_OUTPUT_FDS.
+        A processor never gets `stop`, and other types are ignored.
+        """
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind not in ("rewire_input", "rewire_output"):
+            return
+        if not self.control.received_fds:
+            raise StageFailed(f"flowctl sent {kind} without a file "
+                              f"descriptor")
+        fd = self.control.received_fds.popleft()
+        index = int(message.get("index", 0))
+        if kind == "rewire_output":
+            old = self.output_fds[index]
+            self.output_fds[index] = fd
+            os.close(old)
+            write_all(fd, self.hello_frame())
+            direction = "output"
+        else:
+            self.inputs[index].switch_to(fd)
+            direction = "input"
+        sys.stderr.write(f"rewired {direction} {index}\n")
+        sys.stderr.flush()
+        self.control.send({"type": "rewired", "direction": direction,
+                           "index": index})
 
     def handle(self, source: Input, frame_bytes: bytes, frame: Any) -> None:
         if not source.greeted:
@@ -290,22 +397,29 @@ class DoubleStage:
             raise source.bad_input(f"sent an unknown frame type {kind!r}")
 
     def fail(self, failure: StageFailed) -> None:
-        """Report the failure to flowctl and downstream, then exit."""
-        self.control.send(self.counters.as_message("stats"))
-        message = {"type": "error", "message": failure.message,
-                   "exit_code": failure.exit_code}
-        if failure.upstream is not None:
-            message["upstream"] = failure.upstream
-        self.control.send(message)
-        frame = encode_frame([ERROR, {"stage": self.stage_id,
-                                      "message": failure.message}])
-        for fd in self.output_fds:
-            try:
-                write_all(fd, frame)
-            except OSError:
-                pass
+        """Report the failure, then exit with its code.
+
+        Under flowctl the report goes on the control channel only, so that
+        the readers keep running and a restart of this stage can rejoin
+        them. Started by hand, the stage writes an error frame instead.
+        """
         sys.stderr.write(f"{failure.message}\n")
         sys.stderr.flush()
+        if self.control.fd is not None:
+            self.control.send(self.counters.as_message("stats"))
+            message = {"type": "error", "message": failure.message,
+                       "exit_code": failure.exit_code}
+            if failure.upstream is not None:
+                message["upstream"] = failure.upstream
+            self.control.send(message)
+        else:
+            frame = encode_frame([ERROR, {"stage": self.stage_id,
+                                          "message": failure.message}])
+            for fd in self.output_fds:
+                try:
+                    write_all(fd, frame)
+                except OSError:
+                    pass
         os._exit(failure.exit_code)
 
 
