@@ -161,6 +161,10 @@ def _read_output(ctx: Context, process: subprocess.Popen, codec: Any) -> None:
             stop_sent = True
         if fd not in ready:
             ctx.report_stats()
+            if process.poll() is not None:
+                # The executable exited, but a child it left behind may
+                # hold its stdout open: what was written is read by now.
+                break
             continue
         data = os.read(fd, protocol.READ_CHUNK_SIZE)
         if not data:

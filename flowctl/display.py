@@ -86,8 +86,9 @@ class StderrBudget:
         self.dropped[stage_id] = self.dropped.get(stage_id, 0) + 1
         return False
 
-    def take_dropped(self, now: float) -> list[tuple[str, int]]:
-        if now - self.window_start < 1.0:
+    def take_dropped(self, now: float, force: bool = False
+                     ) -> list[tuple[str, int]]:
+        if now - self.window_start < 1.0 and not force:
             return []
         self.window_start = now
         self.counts = {}
@@ -160,11 +161,18 @@ class PlainView(View):
         if self.stderr_budget.allow(stage_id):
             self._write(f"[{stage_id}] {line}")
 
-    def tick(self) -> None:
+    def _report_dropped(self, force: bool) -> None:
         now = time.monotonic()
-        for stage_id, dropped in self.stderr_budget.take_dropped(now):
+        for stage_id, dropped in self.stderr_budget.take_dropped(now, force):
             self.event(f"{dropped} more stderr lines are only in the log "
                        f"file", stage_id)
+
+    def stop(self) -> None:
+        self._report_dropped(force=True)
+
+    def tick(self) -> None:
+        self._report_dropped(force=False)
+        now = time.monotonic()
         if now - self.last_progress < PLAIN_PROGRESS_INTERVAL:
             return
         self.last_progress = now

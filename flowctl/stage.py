@@ -108,15 +108,29 @@ class Sink:
         """Release what `open` acquired."""
 
 
+_NOTHING = object()
+
+
 class _FunctionSource(Source):
     def __init__(self, function: Callable[[dict[str, Any]], Iterable[Any]]):
         self.function = function
 
     def open(self, config: dict[str, Any]) -> None:
-        self.config = config
+        # A generator runs no code until its first record is asked for, so
+        # that is taken here: a source that cannot open its file fails in
+        # open(), before it counts as started.
+        self.iterator = iter(self.function(config))
+        self.first = next(self.iterator, _NOTHING)
 
     def records(self) -> Iterator[Any]:
-        return iter(self.function(self.config))
+        if self.first is not _NOTHING:
+            yield self.first
+        yield from self.iterator
+
+    def close(self) -> None:
+        close = getattr(self.iterator, "close", None)
+        if close is not None:
+            close()
 
 
 class _FunctionProcessor(Processor):

@@ -1,13 +1,15 @@
 """A pass-through processor that crashes on purpose, a set number of times.
 
-Each incarnation passes AFTER records on, then crashes (MODE "exit" exits
-with code 1, "kill" sends itself SIGKILL) while the count in STATE_FILE is
-below CRASHES.  The count survives restarts, so a run sees exactly CRASHES
-crashes.
+Each incarnation passes AFTER records on, then misbehaves while the count
+in STATE_FILE is below CRASHES: MODE "exit" exits with code 1, "kill"
+sends itself SIGKILL, "hang" sleeps for an hour without reading, writing
+or answering flowctl, and "exit0" exits with code 0 in mid-stream.  The
+count survives restarts, so a run sees exactly CRASHES of them.
 """
 
 import os
 import signal
+import time
 
 import flowctl
 
@@ -31,12 +33,15 @@ class Crasher(flowctl.Processor):
 
     def process(self, record):
         self.seen += 1
-        if self.seen > AFTER and crashes_so_far() < CRASHES:
+        crashes = crashes_so_far()
+        if self.seen > AFTER and crashes < CRASHES:
             with open(STATE_FILE, "w") as file:
-                file.write(str(crashes_so_far() + 1))
+                file.write(str(crashes + 1))
             if MODE == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
-            os._exit(1)
+            if MODE == "hang":
+                time.sleep(3600)
+            os._exit(0 if MODE == "exit0" else 1)
         return record
 
 
