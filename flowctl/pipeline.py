@@ -17,7 +17,7 @@ KIND = "Pipeline"
 
 DEFAULT_STOP_TIMEOUT = 10.0
 DEFAULT_STOP_SIGNAL = "SIGTERM"
-DEFAULT_LIVENESS_TIMEOUT = 30.0
+DEFAULT_LIVENESS_TIMEOUT = None   # off unless the pipeline file sets it
 
 
 @dataclass

@@ -38,6 +38,8 @@ HEARTBEAT_INTERVAL = 0.5
 # Batches of large records are cut to about this many bytes, so a batch of
 # 1 MB records does not hold a gigabyte in memory before it is sent.
 TARGET_FRAME_BYTES = 1024 * 1024
+# Records in the first batch, before their size is known.
+FIRST_BATCH_LIMIT = 16
 
 # Exit codes a stage uses so the orchestrator can tell whose fault a
 # failure was: its own, an upstream stage's, or the bytes it was sent.
@@ -182,7 +184,7 @@ class Outputs:
         self.max_frame_size = max_frame_size
         self.batch_size = batch_size
         # Records per batch right now: batch_size, or fewer for big records.
-        self.limit = batch_size
+        self.limit = min(batch_size, FIRST_BATCH_LIMIT)
         self.buffer: list[Any] = []
         self.last_flush = time.monotonic()
 

@@ -15,12 +15,15 @@ Each run is timed wall-clock around the whole command, interpreter
 start-up included, and counts only if its sink saw exactly N records.
 Runs are interleaved (round 1 of every contender, then round 2, ...) so
 that a slow spell on the machine hits all contenders alike.  Throughput
-is N divided by the best (shortest) run; the median is shown beside it.
+is N divided by the best (shortest) run, and the ratios compare best
+runs; the medians are shown beside them.  Other processes that use the
+CPU during the runs make the numbers worse and noisier, so the script
+measures how much CPU time they took and warns when it is large.
 
 Usage::
 
     python scripts/bench.py
-    python scripts/bench.py --records 500000 --repeat 5 --json
+    python scripts/bench.py --records 500000 --repeat 3 --json
 
 Exit codes: 0 every run was valid, 1 a run failed or its sink count was
 wrong, 2 usage error, 3 a target was missed and --check was given.
@@ -46,13 +49,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 DEFAULT_RECORDS = 2_000_000
-DEFAULT_REPEAT = 3
+DEFAULT_REPEAT = 5
 DEFAULT_TIMEOUT_SECONDS = 900.0
 
 # The project's throughput targets: flowctl at this share of the bare
 # msgpack pipeline or more, and at this multiple of JSON lines or more.
 TARGET_VS_BARE_MSGPACK = 0.8
 TARGET_VS_JSON_LINES = 5.0
+
+# Warn when processes outside the benchmark used more than this share of
+# the machine's CPU capacity while the runs were timed.
+OTHER_LOAD_WARNING_SHARE = 0.05
 
 EXIT_OK = 0
 EXIT_BROKEN_RUN = 1
@@ -61,8 +68,14 @@ EXIT_TARGET_MISSED = 3
 SCRIPT_DIR = Path(__file__).resolve().parent
 BASELINE_DIR = SCRIPT_DIR / "baselines"
 SHELL = "/bin/sh"
+PROC_STAT = "/proc/stat"
+PROC_CPUINFO = "/proc/cpuinfo"
+# Fields of the "cpu" line of /proc/stat that count busy time: user, nice,
+# system, irq, softirq and steal (idle and iowait are left out).
+BUSY_FIELDS = (0, 1, 2, 5, 6, 7)
 
-FLOWCTL_PIPELINE = "generate count={records} | map expr=r | map expr=r | discard"
+FLOWCTL_PIPELINE = ("generate count={records} | map expr=r | map expr=r "
+                    "| discard")
 # The plain view's line for a stage that exited 0, e.g.
 # "12:00:00 run=ab12 stage=discard finished in=2,000,000 out=0".
 FLOWCTL_SINK_PATTERN = re.compile(r"stage=discard finished in=([\d,]+)")
@@ -79,6 +92,15 @@ class BrokenRun(Exception):
 
 
 @dataclass
+class RunResult:
+    """The measurements of one run of one contender."""
+
+    seconds: float
+    cpu_seconds: float
+    other_cpu_seconds: float | None
+
+
+@dataclass
 class Contender:
     """One pipeline under test: how to start it and how to read its count."""
 
@@ -86,12 +108,19 @@ class Contender:
     label: str
     argv: list[str]
     read_count: Callable[[str, str], int | None]
-    seconds: list[float] = field(default_factory=list)
-    cpu_seconds: list[float] = field(default_factory=list)
+    runs: list[RunResult] = field(default_factory=list)
 
     @property
     def command(self) -> str:
         return shlex.join(self.argv)
+
+    @property
+    def seconds(self) -> list[float]:
+        return [run.seconds for run in self.runs]
+
+    @property
+    def cpu_seconds(self) -> list[float]:
+        return [run.cpu_seconds for run in self.runs]
 
     def summary(self, records: int) -> dict[str, Any]:
         best = min(self.seconds)
@@ -100,11 +129,11 @@ class Contender:
             "label": self.label,
             "command": self.command,
             "seconds": [round(value, 4) for value in self.seconds],
+            "cpu_seconds": [round(value, 4) for value in self.cpu_seconds],
             "best_seconds": round(best, 4),
             "median_seconds": round(median, 4),
             "best_records_per_second": round(records / best),
             "median_records_per_second": round(records / median),
-            "cpu_seconds": [round(value, 4) for value in self.cpu_seconds],
             "median_cpu_seconds": round(
                 statistics.median(self.cpu_seconds), 4),
         }
@@ -170,17 +199,34 @@ def _children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def _machine_busy_seconds() -> float | None:
+    """Return the CPU seconds every process on the machine used since boot.
+
+    Returns None where /proc/stat is missing (outside Linux).
+    """
+    try:
+        with open(PROC_STAT, encoding="ascii") as stat:
+            fields = stat.readline().split()[1:]
+    except OSError:
+        return None
+    ticks = sum(int(fields[index]) for index in BUSY_FIELDS
+                if index < len(fields))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def run_once(contender: Contender, records: int, timeout: float
-             ) -> tuple[float, float]:
-    """Run a contender once; return its wall-clock and CPU seconds.
+             ) -> RunResult:
+    """Run a contender once and measure it.
 
     CPU seconds are user plus system time of every process in the run,
     which the kernel adds to ours once the shell or flowctl has reaped its
-    children and we have reaped it.
+    children and we have reaped it.  Other CPU seconds are what the rest
+    of the machine used meanwhile.
 
     Raises BrokenRun when the command fails, times out, or its sink did not
     count exactly `records` records.
     """
+    busy_before = _machine_busy_seconds()
     cpu_before = _children_cpu_seconds()
     started = time.perf_counter()
     # A session of its own lets a timed-out run be killed with every
@@ -198,6 +244,8 @@ def run_once(contender: Contender, records: int, timeout: float
                         f"raise --timeout or lower --records") from None
     elapsed = time.perf_counter() - started
     cpu_seconds = _children_cpu_seconds() - cpu_before
+    busy_after = _machine_busy_seconds()
+
     if process.returncode != 0:
         raise BrokenRun(f"{contender.name} exited with code "
                         f"{process.returncode}: {_tail(stderr)}")
@@ -205,12 +253,18 @@ def run_once(contender: Contender, records: int, timeout: float
     if count != records:
         raise BrokenRun(f"{contender.name}'s sink counted {count} records, "
                         f"expected {records}: {_tail(stderr)}")
-    return elapsed, cpu_seconds
+
+    other = None
+    if busy_before is not None and busy_after is not None:
+        # Clock ticks are coarse, so a quiet machine can come out slightly
+        # below zero.
+        other = max(0.0, busy_after - busy_before - cpu_seconds)
+    return RunResult(elapsed, cpu_seconds, other)
 
 
 def _cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        with open(PROC_CPUINFO, encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
@@ -259,9 +313,22 @@ def describe_machine(python: str) -> dict[str, Any]:
     }
     info.update(_interpreter_versions(python))
     info["flowctl_commit"] = _git_commit(info["flowctl_package"])
+    # Without bytecode caching every process compiles flowctl's modules
+    # from source at each start, which lengthens flowctl's start-up.
     info["python_dont_write_bytecode"] = bool(
         os.environ.get("PYTHONDONTWRITEBYTECODE"))
     return info
+
+
+def measure_other_load(contenders: list[Contender], cpus: int
+                       ) -> float | None:
+    """Return the share of CPU capacity other processes used during runs."""
+    runs = [run for contender in contenders for run in contender.runs]
+    if any(run.other_cpu_seconds is None for run in runs):
+        return None
+    capacity = sum(run.seconds for run in runs) * cpus
+    other = sum(run.other_cpu_seconds or 0.0 for run in runs)
+    return other / capacity if capacity else None
 
 
 def _ratio(numerator: Contender | None, denominator: Contender | None,
@@ -307,6 +374,7 @@ def format_table(records: int, repeat: int, contenders: list[Contender],
         lines.append(f"{contender.label:<22} {best:>8.3f} {median:>9.3f} "
                      f"{records / best:>12,.0f} {records / median:>13,.0f} "
                      f"{cpu:>6.2f}")
+    lines.append("(CPU s: median CPU time of all processes of one run)")
     if ratios:
         lines += ["",
                   f"{'ratio (records/s)':<26} {'best':>6} {'median':>7} "
@@ -364,49 +432,80 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     return arguments
 
 
+def run_rounds(contenders: list[Contender], arguments: argparse.Namespace
+               ) -> None:
+    """Run every contender `repeat` times, interleaved; raise BrokenRun."""
+    for round_number in range(1, arguments.repeat + 1):
+        for contender in contenders:
+            try:
+                result = run_once(contender, arguments.records,
+                                  arguments.timeout)
+            except BrokenRun as error:
+                raise BrokenRun(f"run {round_number}: {error}") from None
+            contender.runs.append(result)
+            if not arguments.json:
+                print(f"run {round_number}/{arguments.repeat} "
+                      f"{contender.name}: {result.seconds:.3f} s, "
+                      f"{result.cpu_seconds:.3f} CPU s", file=sys.stderr)
+
+
+def build_report(contenders: list[Contender], arguments: argparse.Namespace,
+                 machine: dict[str, Any]) -> dict[str, Any]:
+    """Gather the results, ratios and machine facts into one document."""
+    ratios = compute_ratios(contenders)
+    other_load = measure_other_load(contenders, machine["cpus_available"])
+    return {
+        "records": arguments.records,
+        "repeat": arguments.repeat,
+        "statistic": "best run (shortest wall-clock time); "
+                     "median also given",
+        "machine": machine,
+        "other_load_share": (None if other_load is None
+                             else round(other_load, 3)),
+        "contenders": {contender.name: contender.summary(arguments.records)
+                       for contender in contenders},
+        "ratios": ratios,
+        "targets_met": all(ratio["met"] for ratio in ratios.values()),
+    }
+
+
+def print_text_report(report: dict[str, Any], contenders: list[Contender]
+                      ) -> None:
+    machine = report["machine"]
+    commit = machine["flowctl_commit"] or "unknown commit"
+    print(f"machine: {machine['cpus_available']} CPUs, "
+          f"{machine['cpu_model']}, Python {machine['python']}, "
+          f"msgpack {machine['msgpack']}")
+    print(f"flowctl: {machine['flowctl_package']} ({commit})")
+    print(format_table(report["records"], report["repeat"], contenders,
+                       report["ratios"]))
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    records = arguments.records
     machine = describe_machine(arguments.python)
     with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as home:
         contenders = build_contenders(arguments.contender_names,
-                                      arguments.python, records, home)
-        for round_number in range(1, arguments.repeat + 1):
-            for contender in contenders:
-                try:
-                    seconds, cpu_seconds = run_once(
-                        contender, records, arguments.timeout)
-                except BrokenRun as error:
-                    print(f"bench: run {round_number} failed: {error}",
-                          file=sys.stderr)
-                    return EXIT_BROKEN_RUN
-                contender.seconds.append(seconds)
-                contender.cpu_seconds.append(cpu_seconds)
-                if not arguments.json:
-                    print(f"run {round_number}/{arguments.repeat} "
-                          f"{contender.name}: {seconds:.3f} s, "
-                          f"{cpu_seconds:.3f} CPU s", file=sys.stderr)
-    ratios = compute_ratios(contenders)
-    targets_met = all(ratio["met"] for ratio in ratios.values())
+                                      arguments.python, arguments.records,
+                                      home)
+        try:
+            run_rounds(contenders, arguments)
+        except BrokenRun as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return EXIT_BROKEN_RUN
+
+    report = build_report(contenders, arguments, machine)
     if arguments.json:
-        document = {
-            "records": records,
-            "repeat": arguments.repeat,
-            "statistic": "best run (shortest wall-clock time); "
-                         "median also given",
-            "machine": machine,
-            "contenders": {contender.name: contender.summary(records)
-                           for contender in contenders},
-            "ratios": ratios,
-            "targets_met": targets_met,
-        }
-        print(json.dumps(document, indent=2))
+        print(json.dumps(report, indent=2))
     else:
-        print(f"machine: {machine['cpus_available']} CPUs, "
-              f"{machine['cpu_model']}, Python {machine['python']}, "
-              f"msgpack {machine['msgpack']}")
-        print(format_table(records, arguments.repeat, contenders, ratios))
-    if arguments.check and not targets_met:
+        print_text_report(report, contenders)
+    other_load = report["other_load_share"]
+    if other_load is not None and other_load > OTHER_LOAD_WARNING_SHARE:
+        print(f"bench: warning: other processes used {other_load:.0%} of "
+              f"the CPU capacity during the runs; the results are slower "
+              f"and noisier than on an idle machine", file=sys.stderr)
+
+    if arguments.check and not report["targets_met"]:
         return EXIT_TARGET_MISSED
     return EXIT_OK
 
