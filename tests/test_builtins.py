@@ -125,7 +125,7 @@ def test_read_lines_missing_file(tmp_path, env):
 
     assert result.returncode == EXIT_FAILED
     assert failure_line(result) == (
-        "flowctl: stage 'source' failed: FileNotFoundError: [Errno 2] No "
+        "flowctl: stage 'source' failed at start: FileNotFoundError: [Errno 2] No "
         "such file or directory: 'absent.txt'")
 
 
