@@ -102,6 +102,8 @@ class CsvCodec(LinesCodec):
         self._pending = ""
 
     def encode(self, records: list[Any]) -> bytes:
+        if not records:
+            return b""
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         if self._columns is None:

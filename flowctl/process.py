@@ -91,6 +91,7 @@ class StageProcess:
         self.stats: dict[str, int] = {}
         self.error: dict[str, Any] | None = None
         self.greeted = False
+        self.can_rewire = False
         self.ready = False
         self.done = False
         self.started_at = 0.0
@@ -150,7 +151,7 @@ class StageProcess:
         self.wiring = wiring
         self.stats = {}
         self.error = None
-        self.greeted = self.ready = self.done = False
+        self.greeted = self.ready = self.done = self.can_rewire = False
         self.exit_code = None
         self.unresponsive = False
         self.kill_at = None
@@ -210,6 +211,9 @@ class StageProcess:
             kind = message.get("type")
             if kind == "hello":
                 self.greeted = True
+                features = message.get("features")
+                self.can_rewire = (isinstance(features, list)
+                                   and "rewire" in features)
             elif kind == "ready":
                 self.ready = self.ever_ready = True
             elif kind in ("stats", "done"):

@@ -1,9 +1,10 @@
 """The wire format that stages speak: length-prefixed msgpack frames.
 
 Every frame is a 4-byte big-endian unsigned length followed by that many
-bytes of msgpack.  The msgpack value is an array whose first element is the
-frame type.  The same framing carries the data pipes between stages and the
-control channel between a stage and the orchestrator.  `docs/protocol.md`
+bytes of msgpack.  On the data pipes between stages, the msgpack value is
+an array whose first element is the frame type.  The control channel
+between a stage and the orchestrator uses the same framing around maps
+with a "type" key.  `docs/protocol.md`
 is the reference for authors of stages in other languages.
 """
 

@@ -128,7 +128,8 @@ class Control:
 
     def hello(self, role: str) -> None:
         self.send({"type": "hello", "stage": self.stage_id, "pid": os.getpid(),
-                   "role": role, "version": protocol.VERSION})
+                   "role": role, "version": protocol.VERSION,
+                   "features": ["rewire"]})
 
     def poll(self, timeout: float = 0.0) -> None:
         """Read and apply any pending orchestrator messages."""
@@ -321,6 +322,9 @@ class Inputs:
                                  f"{protocol.describe(frame)}, not a frame")
         kind = frame[0]
         if kind == protocol.BATCH:
+            if len(frame) < 2 or not isinstance(frame[1], list):
+                raise BadInput(peer, f"stage '{peer}' sent a batch frame "
+                                     f"without a list of records")
             self.stats.frames_in += 1
             self.stats.records_in += len(frame[1])
             return index, frame

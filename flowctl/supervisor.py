@@ -48,6 +48,8 @@ TICK_SECONDS = 0.1
 REGISTRY_INTERVAL = 1.0
 # A stage without a control channel counts as started after this long.
 STARTUP_GRACE_SECONDS = 1.0
+# How long a neighbour of a restarted stage has to switch to its new pipe.
+REWIRE_TIMEOUT = 30.0
 DRAIN_READ_SIZE = 1024 * 1024
 
 EXIT_OK = 0
@@ -97,6 +99,7 @@ class Run:
         self.failing = False
         self.failure_message = ""
         self.retired: dict[tuple[str, str, int], tuple[int, int]] = {}
+        self.rewire_deadlines: dict[tuple[str, str, int], float] = {}
         self.registry: Registry | None = None
         self.control_server: ControlServer | None = None
         self.next_registry_write = 0.0
@@ -243,6 +246,14 @@ class Run:
                                 f"after {stage.spec.stop_signal}; sending "
                                 f"SIGKILL", stage.spec.id)
                 stage.kill()
+        for key, deadline in list(self.rewire_deadlines.items()):
+            if now >= deadline and not self.failing:
+                self.rewire_deadlines.pop(key)
+                self._begin_failure(
+                    f"stage '{key[0]}' did not switch its {key[1]} {key[2]} "
+                    f"to a new pipe within {REWIRE_TIMEOUT:g}s after a "
+                    f"neighbour restarted; records could be lost, so the "
+                    f"run stops")
         if self.drain_deadline is not None and now >= self.drain_deadline:
             self.drain_deadline = None
             self.view.event(f"the drain timeout of "
@@ -465,11 +476,12 @@ class Run:
                 self._close_fds(old)
 
     def _check_rewirable(self, neighbour: StageProcess) -> None:
-        if neighbour.alive and not (neighbour.greeted and neighbour.control):
+        if neighbour.alive and not (neighbour.can_rewire
+                                    and neighbour.control):
             raise CannotRestart(
-                f"its neighbour '{neighbour.spec.id}' has no control channel "
-                f"to be handed a new pipe (it does not speak the flowctl "
-                f"control protocol)")
+                f"its neighbour '{neighbour.spec.id}' cannot be handed a new "
+                f"pipe (its hello on the control channel did not list the "
+                f"'rewire' feature)")
 
     def _end_stream(self, edge: Edge) -> None:
         """Close a new pipe from a writer that has already finished."""
@@ -490,6 +502,7 @@ class Run:
         if previous is not None:
             self._drop_retired(previous)
         self.retired[key] = old
+        self.rewire_deadlines[key] = time.monotonic() + REWIRE_TIMEOUT
         if drain:
             os.set_blocking(old[0], False)
             self.selector.register(old[0], selectors.EVENT_READ,
@@ -502,6 +515,7 @@ class Run:
             pass
 
     def _close_retired(self, key: tuple[str, str, int]) -> None:
+        self.rewire_deadlines.pop(key, None)
         old = self.retired.pop(key, None)
         if old is not None:
             self._drop_retired(old)

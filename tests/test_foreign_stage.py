@@ -66,11 +66,15 @@ def decode_frames(data: bytes) -> list[Any]:
 
 def run_by_hand(frames: list[Any]) -> subprocess.CompletedProcess:
     """Run the foreign stage outside flowctl, with `frames` on its stdin."""
+    return run_by_hand_raw(b"".join(encode_frame(frame) for frame in frames))
+
+
+def run_by_hand_raw(data: bytes) -> subprocess.CompletedProcess:
+    """Run the foreign stage outside flowctl, with `data` on its stdin."""
     env = {name: value for name, value in os.environ.items()
            if not name.startswith("FLOWCTL_")}
     env["FLOWCTL_STAGE_ID"] = "double"
     env["FLOWCTL_CONFIG"] = json.dumps({"field": "seq"})
-    data = b"".join(encode_frame(frame) for frame in frames)
     return subprocess.run([sys.executable, str(FOREIGN_STAGE)], input=data,
                           capture_output=True, env=env, timeout=60)
 
@@ -367,13 +371,9 @@ def test_wrong_version_rejected():
 
 
 def test_truncated_frame_rejected():
-    data = encode_frame(UPSTREAM_HELLO) + encode_frame([2, [{"seq": 1}]])[:-2]
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith("FLOWCTL_")}
-    env["FLOWCTL_STAGE_ID"] = "double"
+    batch = encode_frame([2, [{"seq": 1}]])
 
-    result = subprocess.run([sys.executable, str(FOREIGN_STAGE)], input=data,
-                            capture_output=True, env=env, timeout=60)
+    result = run_by_hand_raw(encode_frame(UPSTREAM_HELLO) + batch[:-2])
 
     assert result.returncode == 4
     assert decode_frames(result.stdout)[-1] == [

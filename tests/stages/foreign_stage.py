@@ -72,7 +72,7 @@ def encode_frame(value: Any) -> bytes:
 
 def split_frames(buffer: bytearray,
                  max_frame_size: int) -> list[tuple[bytes, Any]]:
-    """Remove every complete frame from `buffer`; return (bytes, value) pairs.
+    """Remove every complete frame from `buffer` and return (bytes, value).
 
     Raise InvalidFrame for a length over `max_frame_size`, checked before the
     payload has arrived, or for a payload that is not one msgpack value.
@@ -156,7 +156,7 @@ class Control:
             self.send(counters.as_message("stats"))
 
     def read_messages(self) -> list[Any]:
-        """Read once; return the complete messages (an empty list at EOF)."""
+        """Read once and return the complete messages, none at end of file."""
         data, fds, _, _ = socket.recv_fds(self.socket, READ_SIZE,
                                           MAX_FDS_PER_READ)
         self.received_fds.extend(fds)
@@ -304,7 +304,7 @@ class DoubleStage:
     def run(self) -> None:
         self.control.send({"type": "hello", "stage": self.stage_id,
                            "pid": os.getpid(), "role": "processor",
-                           "version": VERSION})
+                           "version": VERSION, "features": ["rewire"]})
         for fd in self.output_fds:
             write_all(fd, self.hello_frame())
         # This stage opens nothing before it can work, so it is ready now.
