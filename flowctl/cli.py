@@ -127,7 +127,7 @@ def run(file: str | None, expression: str | None, home: str | None,
                f"{len(pipeline.stages)} stages; logs in {runner.directory}")
     outcome = runner.execute()
     if outcome.message:
-        click.echo(f"flowctl: {outcome.message}", err=True)
+        view.error(outcome.message)
     sys.exit(outcome.exit_code)
 
 

@@ -113,6 +113,11 @@ class View:
     def stderr_line(self, stage_id: str, line: str) -> None:
         raise NotImplementedError
 
+    def error(self, message: str) -> None:
+        """Print why the run failed, as the last line of the run."""
+        self.stream.write(f"flowctl: {message}\n")
+        self.stream.flush()
+
     def tick(self) -> None:
         """Called a few times a second by the orchestrator's loop."""
 
@@ -200,6 +205,13 @@ class JsonView(PlainView):
                     timespec="milliseconds"),
                 "level": "info", "run": self.run_id, "stage": stage_id,
                 "stderr": line}))
+
+    def error(self, message: str) -> None:
+        self._write(json.dumps({
+            "time": datetime.now(timezone.utc).isoformat(
+                timespec="milliseconds"),
+            "level": "error", "run": self.run_id, "stage": None,
+            "event": "run failed", "message": message}))
 
     def summary(self, elapsed: float) -> None:
         for stage in self.stages:

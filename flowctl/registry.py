@@ -72,7 +72,10 @@ class RunRow:
         """Whether the flowctl process of this run is still running."""
         try:
             process = psutil.Process(self.pid)
-            return abs(process.create_time() - self.process_started) < 1.0
+            if abs(process.create_time() - self.process_started) >= 1.0:
+                return False
+            # An exited flowctl whose parent has not reaped it yet.
+            return process.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
