@@ -22,7 +22,8 @@ from flowctl.registry import Registry
 from conftest import (FLOWCTL, REPO, run_flowctl, stage_processes,
                       wait_until, write_pipeline)
 
-HANG_GUARD = 60  # seconds; a run or command that takes longer has hung
+# Seconds after which a run or a command counts as hung.
+HANG_GUARD = 60
 STAGE_KEYS = {"id", "pid", "state", "restarts", "records_in", "records_out"}
 METRIC_FAMILIES = ("flowctl_stage_records_in", "flowctl_stage_records_out",
                    "flowctl_stage_restarts", "flowctl_stage_state")
@@ -31,9 +32,10 @@ SUMMARY_LINE = re.compile(r"  (?P<stage>\S+) +(?P<state>[a-z]+) +"
                           r"in +(?P<records_in>[\d,]+|-) +"
                           r"out +(?P<records_out>[\d,]+|-) +.*")
 
-# A sink that counts its records and, after the end of its stream, reports
-# its counters, writes the count to the `held` file and waits for the
-# `release` file, so the run stays live with every other stage finished.
+# A sink that counts its records. After the end of its stream it reports
+# its counters, writes the count to `count_path` and waits until
+# `release_path` exists, so the run stays live with every other stage
+# finished.
 HOLD_SINK = """
 import os
 import time
@@ -52,11 +54,11 @@ class HoldSink(flowctl.Sink):
     def close(self):
         context = flowctl.context()
         context.report_stats(force=True)
-        partial = self.config["held"] + ".tmp"
+        partial = self.config["count_path"] + ".tmp"
         with open(partial, "w") as file:
             file.write(str(self.count))
-        os.replace(partial, self.config["held"])
-        while not os.path.exists(self.config["release"]):
+        os.replace(partial, self.config["count_path"])
+        while not os.path.exists(self.config["release_path"]):
             context.report_stats()
             time.sleep(0.02)
 
@@ -79,6 +81,16 @@ def start_flowctl(args: list[str], env: dict, spawned: list,
     return process
 
 
+def start_command(args: list[str], env: dict,
+                  spawned: list) -> subprocess.Popen:
+    """Start a flowctl command in the background, capturing its output."""
+    process = subprocess.Popen(FLOWCTL + args, env=env, cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    spawned.append(process)
+    return process
+
+
 def flowctl_json(args: list[str], env: dict):
     """Run a flowctl command that prints JSON and return the parsed output."""
     result = run_flowctl(args, env, timeout=HANG_GUARD)
@@ -88,7 +100,8 @@ def flowctl_json(args: list[str], env: dict):
 
 def wait_for_run(process: subprocess.Popen, env: dict,
                  stderr_path: Path) -> dict:
-    """Wait until the registry lists the run of `process`; return its row."""
+    """Wait until the registry lists the run of `process`, and return its
+    row."""
 
     def registered():
         if process.poll() is not None:
@@ -101,8 +114,8 @@ def wait_for_run(process: subprocess.Popen, env: dict,
 
 
 def wait_for_stages(run_id: str, env: dict, predicate=None) -> dict:
-    """Wait until every stage of a live run is running with a pid (and
-    `predicate` holds for the snapshot); return that snapshot."""
+    """Wait until every stage of a live run is running with a pid and
+    `predicate`, if given, is true of the snapshot.  Return the snapshot."""
 
     def ready():
         snapshots = flowctl_json(["status", run_id, "--json"], env)
@@ -325,11 +338,13 @@ def test_stop_drains_and_exits_143(tmp_path, env, home, spawned):
     run_id = wait_for_run(process, env, errors)["id"]
     wait_until(lambda: line_count(out) >= 200, timeout=HANG_GUARD)
 
-    result = run_flowctl(["stop", run_id], env, timeout=HANG_GUARD)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"run {run_id} stopped\n"
+    # The run is reaped while `flowctl stop` waits, as a shell would.
+    stop = start_command(["stop", run_id], env, spawned)
     process.wait(timeout=HANG_GUARD)
     assert process.returncode == 143, errors.read_text()
+    stdout, stderr = stop.communicate(timeout=HANG_GUARD)
+    assert stop.returncode == 0, stderr
+    assert stdout == f"run {run_id} stopped\n"
 
     # Drained, not cut: every record the source emitted reached the sink.
     records = read_jsonl(out)
@@ -383,11 +398,12 @@ def test_stop_kill_ends_run_without_draining(tmp_path, env, home, spawned):
     run_id = wait_for_run(process, env, errors)["id"]
     wait_until(lambda: line_count(out) >= 5, timeout=HANG_GUARD)
 
-    result = run_flowctl(["stop", run_id, "--kill"], env, timeout=HANG_GUARD)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"run {run_id} stopped\n"
+    stop = start_command(["stop", run_id, "--kill"], env, spawned)
     process.wait(timeout=HANG_GUARD)
     assert process.returncode == 143, errors.read_text()
+    stdout, stderr = stop.communicate(timeout=HANG_GUARD)
+    assert stop.returncode == 0, stderr
+    assert stdout == f"run {run_id} stopped\n"
 
     rows = flowctl_json(["runs", "--json"], env)
     assert rows[0]["state"] == "stopped"
@@ -396,6 +412,24 @@ def test_stop_kill_ends_run_without_draining(tmp_path, env, home, spawned):
     assert [stage["state"] for stage in final["stages"]] == [
         "stopped", "stopped"]
     assert stage_processes(str(home)) == []
+
+
+def test_stop_returns_before_run_is_reaped(tmp_path, env, spawned):
+    errors = tmp_path / "stderr.txt"
+    process = start_flowctl(["run", "-e", "generate rate=500 | discard"],
+                            env, spawned, errors)
+    run_id = wait_for_run(process, env, errors)["id"]
+    wait_for_stages(run_id, env)
+
+    # This test is flowctl's parent and does not reap it until `flowctl
+    # stop` returns, so the ended run stays a zombie process meanwhile.
+    # The drain takes well under a second; --timeout only bounds a hang.
+    result = run_flowctl(["stop", run_id, "--timeout", "15"], env,
+                         timeout=HANG_GUARD)
+    process.wait(timeout=HANG_GUARD)
+    assert process.returncode == 143, errors.read_text()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"run {run_id} stopped\n"
 
 
 def test_stop_finished_run_fails(env):
@@ -462,11 +496,11 @@ def test_logs_follow_prints_new_lines(tmp_path, env, spawned):
     # The stage writes "after" only now, while `logs -f` is following.
     go.touch()
 
+    process.wait(timeout=HANG_GUARD)
+    assert process.returncode == 0, errors.read_text()
     _, follower_errors = follower.communicate(timeout=HANG_GUARD)
     assert follower.returncode == 0, follower_errors
     assert followed.read_text() == "before\nafter\n"
-    process.wait(timeout=HANG_GUARD)
-    assert process.returncode == 0, errors.read_text()
 
 
 # metrics
@@ -518,11 +552,11 @@ def test_metrics_have_stage_labels(tmp_path, env, spawned):
 
 
 def test_metrics_match_status_and_summary(tmp_path, env, spawned):
-    """The source and the map finish, and the sink holds the run open, so
-    every counter is final while the endpoint still answers."""
+    """The source and the map finish and the sink keeps the run open, so
+    every counter is final while the endpoint still serves scrapes."""
     port = free_port()
-    held = tmp_path / "held"
-    release = tmp_path / "release"
+    count_file = tmp_path / "count"
+    release_file = tmp_path / "release"
     script = tmp_path / "hold_sink.py"
     script.write_text(HOLD_SINK)
     errors = tmp_path / "stderr.txt"
@@ -538,22 +572,25 @@ def test_metrics_match_status_and_summary(tmp_path, env, spawned):
           sinks:
             - id: hold
               command: [{sys.executable}, {script}]
-              config: {{held: {held}, release: {release}}}
+              config: {{count_path: {count_file},
+                       release_path: {release_file}}}
               inputs: [copy]
         """)
     process = start_flowctl(
         ["run", str(pipeline), "--metrics-port", str(port)],
         env, spawned, errors)
     run_id = wait_for_run(process, env, errors)["id"]
-    wait_until(held.exists, timeout=HANG_GUARD)
-    assert held.read_text() == "5000"
+    wait_until(count_file.exists, timeout=HANG_GUARD)
+    assert count_file.read_text() == "5000"
 
     def final_scrape():
         families = scrape(port)
         records_in = sample_values(families["flowctl_stage_records_in"])
         finished = sample_values(families["flowctl_stage_state"],
                                  state="finished")
-        if records_in.get("hold") != 5000 or finished.get("copy") != 1:
+        if records_in.get("hold") != 5000:
+            return None
+        if finished.get("numbers") != 1 or finished.get("copy") != 1:
             return None
         return families
 
@@ -562,13 +599,11 @@ def test_metrics_match_status_and_summary(tmp_path, env, spawned):
     records_out = sample_values(families["flowctl_stage_records_out"])
     assert records_in == {"numbers": 0, "copy": 5000, "hold": 5000}
     assert records_out == {"numbers": 5000, "copy": 5000, "hold": 0}
-    states = {stage: state
-              for state in ("running", "finished")
-              for stage, value in sample_values(
-                  families["flowctl_stage_state"], state=state).items()
-              if value == 1}
-    assert states == {"numbers": "finished", "copy": "finished",
-                      "hold": "running"}
+    state = families["flowctl_stage_state"]
+    assert sample_values(state, state="finished") == {
+        "numbers": 1, "copy": 1, "hold": 0}
+    assert sample_values(state, state="running") == {
+        "numbers": 0, "copy": 0, "hold": 1}
     assert sample_values(families["flowctl_stage_restarts"]) == {
         "numbers": 0, "copy": 0, "hold": 0}
 
@@ -577,7 +612,7 @@ def test_metrics_match_status_and_summary(tmp_path, env, spawned):
                for stage in records_in}
     assert registry_counts(status) == scraped
 
-    release.touch()
+    release_file.touch()
     process.wait(timeout=HANG_GUARD)
     assert process.returncode == 0, errors.read_text()
     assert summary_counts(errors.read_text()) == scraped
