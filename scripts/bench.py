@@ -16,9 +16,11 @@ start-up included, and counts only if its sink saw exactly N records.
 Runs are interleaved (round 1 of every contender, then round 2, ...) so
 that a slow spell on the machine hits all contenders alike.  Throughput
 is N divided by the best (shortest) run, and the ratios compare best
-runs; the medians are shown beside them.  Other processes that use the
+runs, with the medians shown beside them.  Other processes that use the
 CPU during the runs make the numbers worse and noisier, so the script
-measures how much CPU time they took and warns when it is large.
+measures how much CPU time they took and warns above 5% of capacity.
+flowctl runs with a temporary --home, so the caller's run registry is
+left alone.
 
 Usage::
 
@@ -240,8 +242,8 @@ def run_once(contender: Contender, records: int, timeout: float
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        raise BrokenRun(f"{contender.name} timed out after {timeout:g} s; "
-                        f"raise --timeout or lower --records") from None
+        raise BrokenRun(f"{contender.name} timed out after {timeout:g} s. "
+                        f"Raise --timeout or lower --records.") from None
     elapsed = time.perf_counter() - started
     cpu_seconds = _children_cpu_seconds() - cpu_before
     busy_after = _machine_busy_seconds()
@@ -278,9 +280,12 @@ def _interpreter_versions(python: str) -> dict[str, str]:
              "'python': platform.python_version(), "
              "'msgpack': '.'.join(map(str, msgpack.version)), "
              "'flowctl_package': flowctl.__file__}))")
-    output = subprocess.run([python, "-c", probe], capture_output=True,
-                            text=True, check=True).stdout
-    return json.loads(output)
+    result = subprocess.run([python, "-c", probe], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        raise BrokenRun(f"{python} cannot import flowctl and msgpack, so "
+                        f"no contender can run: {_tail(result.stderr)}")
+    return json.loads(result.stdout)
 
 
 def _git_commit(path: str) -> str | None:
@@ -434,7 +439,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run_rounds(contenders: list[Contender], arguments: argparse.Namespace
                ) -> None:
-    """Run every contender `repeat` times, interleaved; raise BrokenRun."""
+    """Run every contender `repeat` times, interleaved.
+
+    Raises BrokenRun at the first run that fails.
+    """
     for round_number in range(1, arguments.repeat + 1):
         for contender in contenders:
             try:
@@ -483,7 +491,11 @@ def print_text_report(report: dict[str, Any], contenders: list[Contender]
 
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
-    machine = describe_machine(arguments.python)
+    try:
+        machine = describe_machine(arguments.python)
+    except BrokenRun as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return EXIT_BROKEN_RUN
     with tempfile.TemporaryDirectory(prefix="flowctl-bench-") as home:
         contenders = build_contenders(arguments.contender_names,
                                       arguments.python, arguments.records,

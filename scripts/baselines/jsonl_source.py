@@ -12,6 +12,9 @@ WRITE_BUFFER_SIZE = 1024 * 1024
 
 
 def main() -> None:
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit(f"usage: python jsonl_source.py N (N: records to write, "
+                 f"got {sys.argv[1:]})")
     count = int(sys.argv[1])
     dumps = json.dumps
     with open(1, "w", encoding="utf-8", buffering=WRITE_BUFFER_SIZE,

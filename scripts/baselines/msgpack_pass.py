@@ -14,7 +14,8 @@ import sys
 import msgpack
 
 HEADER = struct.Struct(">I")
-BATCH = 2
+# The frame type of a batch frame, the first element of its array.
+BATCH_FRAME_TYPE = 2
 # flowctl gives each pipe between stages 1 MiB, so the baseline does too
 # and the comparison is between the code at either end, not pipe sizes.
 PIPE_SIZE = 1024 * 1024
@@ -41,10 +42,10 @@ def main() -> None:
         while header := read(HEADER.size):
             (size,) = unpack_header(header)
             kind, records = unpackb(read(size))
-            if kind != BATCH:
+            if kind != BATCH_FRAME_TYPE:
                 sys.exit(f"msgpack_pass: expected a batch frame (type "
-                         f"{BATCH}), got frame type {kind!r}")
-            payload = pack([BATCH, records])
+                         f"{BATCH_FRAME_TYPE}), got frame type {kind!r}")
+            payload = pack([BATCH_FRAME_TYPE, records])
             write(pack_header(len(payload)) + payload)
 
 

@@ -11,7 +11,8 @@ import sys
 import msgpack
 
 HEADER = struct.Struct(">I")
-BATCH = 2
+# The frame type of a batch frame, the first element of its array.
+BATCH_FRAME_TYPE = 2
 READ_BUFFER_SIZE = 1024 * 1024
 
 
@@ -24,9 +25,9 @@ def main() -> None:
         while header := read(HEADER.size):
             (size,) = unpack_header(header)
             kind, records = unpackb(read(size))
-            if kind != BATCH:
+            if kind != BATCH_FRAME_TYPE:
                 sys.exit(f"msgpack_sink: expected a batch frame (type "
-                         f"{BATCH}), got frame type {kind!r}")
+                         f"{BATCH_FRAME_TYPE}), got frame type {kind!r}")
             count += len(records)
     print(count)
 

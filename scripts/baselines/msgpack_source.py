@@ -16,7 +16,8 @@ import sys
 import msgpack
 
 HEADER = struct.Struct(">I")
-BATCH = 2
+# The frame type of a batch frame, the first element of its array.
+BATCH_FRAME_TYPE = 2
 # flowctl gives each pipe between stages 1 MiB, so the baseline does too
 # and the comparison is between the code at either end, not pipe sizes.
 PIPE_SIZE = 1024 * 1024
@@ -32,6 +33,9 @@ def enlarge_stdout_pipe() -> None:
 
 def main() -> None:
     enlarge_stdout_pipe()
+    if len(sys.argv) != 2 or not sys.argv[1].isdigit():
+        sys.exit(f"usage: python msgpack_source.py N (N: records to write, "
+                 f"got {sys.argv[1:]})")
     count = int(sys.argv[1])
     pack = msgpack.Packer(use_bin_type=True).pack
     pack_header = HEADER.pack
@@ -39,8 +43,8 @@ def main() -> None:
         write = out.write
         for start in range(0, count, BATCH_SIZE):
             stop = min(start + BATCH_SIZE, count)
-            payload = pack([BATCH, [{"seq": seq}
-                                    for seq in range(start, stop)]])
+            records = [{"seq": seq} for seq in range(start, stop)]
+            payload = pack([BATCH_FRAME_TYPE, records])
             write(pack_header(len(payload)) + payload)
 
 
