@@ -14,8 +14,7 @@ import click
 from flowctl import __version__
 from flowctl.builtins import BUILTINS
 from flowctl import runs_cli
-from flowctl.display import JsonView, LiveView, PlainView, View
-from flowctl.metrics import serve_metrics
+from flowctl.display import JsonView, PlainView, View
 from flowctl.document import Problem
 from flowctl.home import new_run_id, resolve_home
 from flowctl.inline import INLINE_FILENAME, parse_inline
@@ -117,6 +116,9 @@ def run(file: str | None, expression: str | None, home: str | None,
     view = _make_view(pipeline, run_id, live, log_format)
     runner = Run(pipeline, resolve_home(home), run_id, view)
     if metrics_port is not None:
+        # Imported here: prometheus_client costs start-up time for every
+        # run that does not serve metrics.
+        from flowctl.metrics import serve_metrics
         try:
             serve_metrics(runner, metrics_port)
         except OSError as error:
@@ -138,6 +140,7 @@ def _make_view(pipeline: Pipeline, run_id: str, live: bool | None,
     if live is None:
         live = sys.stdout.isatty() and not pipeline.writes_to_stdout()
     if live:
+        from flowctl.liveview import LiveView
         return LiveView(run_id, pipeline.name)
     return PlainView(run_id)
 

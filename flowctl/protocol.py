@@ -22,7 +22,10 @@ PROTOCOL_NAME = "flowctl"
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024
-READ_CHUNK_SIZE = 1024 * 1024
+# Bytes per read from a pipe.  Small enough that the frames decoded from
+# one read are few: decoding a megabyte at once allocates and faults in
+# about a hundred thousand records before the first is processed.
+READ_CHUNK_SIZE = 64 * 1024
 
 # Data frame types: the first element of every data frame's array.
 HELLO = 1

@@ -22,7 +22,6 @@ number of records for each one it receives.
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 import traceback
@@ -33,6 +32,7 @@ from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
                              Context, UpstreamFailed)
 
 RECORD_PREVIEW_CHARS = 200
+CO_GENERATOR = 0x20  # code flag of a generator function, as in inspect
 
 IDLE = object()
 """Yielded by a source that has no record right now (see `Source`)."""
@@ -43,6 +43,9 @@ SINK_FLUSH_INTERVAL = 1.0
 class Source:
     """A stage that produces records.  Implement `records()`.
 
+    A source that sets `batched = True` yields lists of records instead of
+    single records, which saves a Python step per record.
+
     `open(config)` runs first with the stage's `config` mapping from the
     pipeline file; `close()` runs after the last record, also when the run
     is stopped early.  Yielding `flowctl.IDLE` emits nothing but lets the
@@ -50,6 +53,8 @@ class Source:
     waits for data (polling a file that grows, say) should yield IDLE while
     it waits.  Any other value, None included, is a record.
     """
+
+    batched = False
 
     def open(self, config: dict[str, Any]) -> None:
         """Prepare to produce records; `config` is the stage's config."""
@@ -67,7 +72,14 @@ class Processor:
     `process(record)` either returns one record (None for none) or, when
     written as a generator, yields any number.  `finish()` runs after the
     last input record and may return or yield final records.
+
+    A processor may also define `process_batch(records) -> list`, which
+    the library then calls once per input frame instead of `process` once
+    per record; `process` is still needed, to name the record at fault
+    when `process_batch` raises.
     """
+
+    process_batch: Callable[[list[Any]], list[Any]] | None = None
 
     def open(self, config: dict[str, Any]) -> None:
         """Prepare to process; `config` is the stage's config."""
@@ -194,11 +206,15 @@ def _start(role: str) -> Context:
     return _context
 
 
-def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]]
-               ) -> None:
-    """Run a source: a `Source` instance or a generator function of config."""
+def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]],
+               batched: bool = False) -> None:
+    """Run a source: a `Source` instance or a generator function of config.
+
+    With `batched=True`, the generator yields lists of records.
+    """
     if not isinstance(source, Source):
         source = _FunctionSource(source)
+        source.batched = batched
     ctx = _start("source")
     _guard(ctx, lambda: _source_loop(ctx, source))
 
@@ -214,10 +230,11 @@ def _source_loop(ctx: Context, source: Source) -> None:
     generator = source.records()
     buffer = outputs.buffer
     last_flush = monotonic()
+    add = list.extend if source.batched else list.append
     try:
         for record in generator:
             if record is not IDLE:
-                buffer.append(record)
+                add(buffer, record)
                 if (len(buffer) < batch_size
                         and monotonic() - last_flush < interval):
                     continue
@@ -245,13 +262,32 @@ def run_processor(processor: Processor | Callable[[Any], Any]) -> None:
     _guard(ctx, lambda: _processor_loop(ctx, processor))
 
 
+def _is_generator_function(function: Callable[..., Any]) -> bool:
+    code = getattr(function, "__code__", None) or getattr(
+        getattr(function, "__func__", None), "__code__", None)
+    return bool(code is not None and code.co_flags & CO_GENERATOR)
+
+
+def _find_failing_record(function: Callable[[Any], Any], records: list[Any],
+                         error: Exception) -> _RecordFailed:
+    for record in records:
+        try:
+            result = function(record)
+            if _is_generator_function(function):
+                list(result)
+        except Exception as cause:  # noqa: BLE001 - reported with record
+            return _RecordFailed(cause, record)
+    return _RecordFailed(error, None)
+
+
 def _processor_loop(ctx: Context, processor: Processor) -> None:
     processor.open(ctx.config)
     ctx.ready()
     outputs = ctx.outputs
     interval = ctx.flush_interval
     function = processor.process
-    emits_many = inspect.isgeneratorfunction(function)
+    batch_function = processor.process_batch
+    emits_many = _is_generator_function(function)
 
     def on_idle() -> None:
         outputs.flush()
@@ -269,7 +305,13 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
         buffer = outputs.buffer
         record = None
         try:
-            if emits_many:
+            if batch_function is not None:
+                try:
+                    buffer.extend(batch_function(frame[1]))
+                except Exception as error:
+                    raise _find_failing_record(function, frame[1],
+                                               error) from error
+            elif emits_many:
                 for record in frame[1]:
                     buffer.extend(function(record))
             else:
@@ -278,6 +320,8 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
                     result = function(record)
                     if result is not None:
                         append(result)
+        except _RecordFailed:
+            raise
         except Exception as error:
             raise _RecordFailed(error, record) from error
         if (len(buffer) >= outputs.limit

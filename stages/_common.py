@@ -32,6 +32,19 @@ def compile_expression(source: str, key: str) -> Callable[[Any], Any]:
     return eval(code, dict(EXPRESSION_GLOBALS))
 
 
+def compile_batch(template: str, source: str, key: str
+                  ) -> Callable[[list[Any]], list[Any]]:
+    """Compile `template`, with EXPR replaced by `source`, into a function
+    of a list of records named `records`; each record is `r` in EXPR."""
+    text = template.replace("EXPR", f"({source}\n)")
+    try:
+        code = compile(f"lambda records: {text}", f"<{key}>", "eval")
+    except SyntaxError as error:
+        raise ValueError(f"invalid Python expression in '{key}': "
+                         f"{source!r}: {error.msg}") from None
+    return eval(code, dict(EXPRESSION_GLOBALS))
+
+
 def open_input(path: str, newline: str | None = None) -> IO[str]:
     """Open a text input: '-' is flowctl's stdin, '.gz' is decompressed."""
     if path == "-":
