@@ -22,7 +22,7 @@ from flowctl import codecs
 from flowctl.lifetime import child_setup
 from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_UPSTREAM_FAILED,
                              HEARTBEAT_INTERVAL, BadInput, Context, Control,
-                             UpstreamFailed, ENV_STDOUT_FD)
+                             OutputsClosed, UpstreamFailed, ENV_STDOUT_FD)
 from flowctl import protocol
 
 ENV_COMMAND = "FLOWCTL_COMMAND"
@@ -64,14 +64,16 @@ class Feeder(threading.Thread):
             if item is None:
                 return
             frame = item[1]
-            if frame[0] != protocol.BATCH or self.stdin_closed_early:
+            if frame[0] != protocol.BATCH:
                 continue
             try:
                 protocol.write_all(fd, self.codec.encode(frame[1]))
             except BrokenPipeError:
-                # The executable stopped reading (head, say).  Keep draining
-                # the input so upstream stages can finish.
+                # The executable stopped reading (head, say).  The stage
+                # ends with what it wrote; when flowctl lets go of this
+                # stage's input pipes, the upstream stages end as well.
                 self.stdin_closed_early = True
+                return
 
 
 def _exit_description(code: int) -> str:
@@ -99,7 +101,8 @@ def main() -> None:
         ctx.fail(f"command not found: {argv[0]!r}")
     except PermissionError:
         ctx.fail(f"command is not executable: {argv[0]!r}")
-    sys.exit(0)
+    # The feeder thread may still wait for input that no longer matters.
+    os._exit(0)
 
 
 def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
@@ -118,15 +121,23 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
     if has_inputs:
         feeder = Feeder(ctx, process.stdin, codec_name)
         feeder.start()
-    if has_outputs:
-        _read_output(ctx, process, codecs.make_codec(codec_name))
-    else:
-        _wait_for(ctx, process)
+    try:
+        if has_outputs:
+            _read_output(ctx, process, codecs.make_codec(codec_name))
+        else:
+            _wait_for(ctx, process)
+    except OutputsClosed:
+        # Nobody reads this stage any more: end the executable quietly.
+        process.kill()
+        process.wait()
+        ctx.done()
+        return
+    # The exit status is judged as soon as the executable has exited, not
+    # after the input ends: a program that died in mid-stream fails the
+    # stage now.
     code = process.wait()
-    if feeder is not None:
-        feeder.join()
-        if feeder.failure is not None:
-            raise feeder.failure
+    if feeder is not None and feeder.failure is not None:
+        raise feeder.failure
     stopped = ctx.control.stop_requested and role == "source"
     if code not in success_codes and not stopped:
         hint = ""

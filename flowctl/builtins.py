@@ -32,7 +32,20 @@ class Builtin:
     params: dict[str, Param] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
-        return [sys.executable, "-m", f"flowctl.stages.{self.module}"]
+        return module_argv(f"flowctl.stages.{self.module}")
+
+
+def module_argv(module: str) -> list[str]:
+    """Command that runs an installed flowctl module as a program.
+
+    `python -m` would put the current directory first on sys.path, so a
+    pipeline started from a checkout of flowctl would import the checkout
+    instead of the installed package; this drops that entry first.
+    """
+    code = ("import sys, runpy; sys.path.pop(0); "
+            f"runpy.run_module({module!r}, run_name='__main__', "
+            "alter_sys=True)")
+    return [sys.executable, "-c", code]
 
 
 PATH_HELP = "file to read; '-' reads flowctl's standard input; .gz is unpacked"

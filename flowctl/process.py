@@ -21,7 +21,7 @@ from typing import Any
 import psutil
 
 from flowctl import adapter, codecs, protocol, runtime
-from flowctl.builtins import BUILTINS
+from flowctl.builtins import BUILTINS, module_argv
 from flowctl.lifetime import child_setup
 from flowctl.pipeline import Pipeline, StageSpec
 
@@ -110,7 +110,7 @@ class StageProcess:
         if spec.builtin is not None:
             return BUILTINS[spec.builtin].argv()
         if spec.codec in codecs.TEXT_CODECS:
-            return [sys.executable, "-m", "flowctl.adapter"]
+            return module_argv("flowctl.adapter")
         return list(spec.command or [])
 
     def environment(self, input_fds: list[int], output_fds: list[int],
@@ -133,6 +133,7 @@ class StageProcess:
             runtime.ENV_FLUSH_INTERVAL: str(self.pipeline.flush_interval),
             runtime.ENV_STDOUT_FD: str(self.stdout_fd),
             runtime.ENV_STDIN_FD: str(self.stdin_fd),
+            runtime.ENV_RESTARTS: str(self.restarts),
         })
         if spec.command is not None and spec.codec in codecs.TEXT_CODECS:
             env[adapter.ENV_COMMAND] = json.dumps(spec.command)

@@ -31,6 +31,7 @@ ENV_BATCH_SIZE = "FLOWCTL_BATCH_SIZE"
 ENV_FLUSH_INTERVAL = "FLOWCTL_FLUSH_INTERVAL"
 ENV_STDOUT_FD = "FLOWCTL_STDOUT_FD"
 ENV_STDIN_FD = "FLOWCTL_STDIN_FD"
+ENV_RESTARTS = "FLOWCTL_RESTARTS"
 
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_FLUSH_INTERVAL = 0.05
@@ -55,6 +56,14 @@ class UpstreamFailed(Exception):
         super().__init__(f"upstream stage '{stage}' failed: {message}")
         self.stage = stage
         self.message = message
+
+
+class OutputsClosed(Exception):
+    """Every reader of this stage's output has gone: nothing is left to do.
+
+    Like a shell pipeline's SIGPIPE, this ends a stage quietly: when `head`
+    has read enough, the stages before it stop too.
+    """
 
 
 class BadInput(Exception):
@@ -217,10 +226,24 @@ class Outputs:
                 + self._pack_batches(records[middle:]))
 
     def write_frame(self, frame: bytes) -> None:
-        for fd in self.fds:
-            protocol.write_all(fd, frame)
+        written = 0
+        for index, fd in enumerate(self.fds):
+            if fd < 0:
+                continue
+            try:
+                protocol.write_all(fd, frame)
+                written += 1
+            except BrokenPipeError:
+                # That reader finished and flowctl let go of its pipe; the
+                # other outputs still get every frame.  An output keeps its
+                # index (-1 marks it closed) because rewires name outputs by
+                # index.
+                os.close(fd)
+                self.fds[index] = -1
         self.stats.frames_out += 1
-        self.stats.bytes_out += len(frame) * len(self.fds)
+        self.stats.bytes_out += len(frame) * written
+        if self.fds and written == 0:
+            raise OutputsClosed()
 
     def replace(self, index: int, fd: int, hello: bytes) -> None:
         """Write to a new pipe from now on, starting with a hello frame.
@@ -230,7 +253,8 @@ class Outputs:
         """
         old = self.fds[index]
         self.fds[index] = fd
-        os.close(old)
+        if old >= 0:
+            os.close(old)
         protocol.write_all(fd, hello)
 
 
@@ -380,6 +404,9 @@ class Context:
         env = os.environ
         self.stage_id = env.get(ENV_STAGE_ID, "stage")
         self.run_id = env.get(ENV_RUN_ID, "")
+        # How often flowctl has restarted this stage in this run; a sink
+        # that is restarted appends to what it wrote before.
+        self.restarts = int(env.get(ENV_RESTARTS) or 0)
         self.config: dict[str, Any] = json.loads(env.get(ENV_CONFIG) or "{}")
         self.max_frame_size = int(env.get(ENV_MAX_FRAME_SIZE)
                                   or protocol.DEFAULT_MAX_FRAME_SIZE)
@@ -449,9 +476,9 @@ class Context:
         self.control.on_rewire = self._on_rewire
         self.inputs.on_rewired = self._on_input_rewired
         self.control.hello(role)
-        frame = protocol.hello_frame(self.stage_id)
-        for fd in self.outputs.fds:
-            protocol.write_all(fd, frame)
+        self.outputs.write_frame(protocol.hello_frame(self.stage_id))
+        self.outputs.stats.frames_out = 0
+        self.outputs.stats.bytes_out = 0
         self._last_report = time.monotonic()
 
     def report_stats(self, force: bool = False) -> None:
@@ -462,10 +489,15 @@ class Context:
 
     def finish(self) -> None:
         """Flush, end every output and report the final counters."""
-        self.outputs.flush()
-        frame = protocol.end_frame()
-        for fd in self.outputs.fds:
-            protocol.write_all(fd, frame)
+        try:
+            self.outputs.flush()
+            self.outputs.write_frame(protocol.end_frame())
+        except OutputsClosed:
+            pass
+        self.done()
+
+    def done(self) -> None:
+        """Report the final counters: the stage ends cleanly."""
         self.control.send({"type": "done", **self.stats.as_dict()})
 
     def fail(self, message: str, exit_code: int = EXIT_FAILED,

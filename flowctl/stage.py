@@ -22,6 +22,7 @@ number of records for each one it receives.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from flowctl import protocol
 from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
-                             Context, UpstreamFailed)
+                             Context, OutputsClosed, UpstreamFailed)
 
 RECORD_PREVIEW_CHARS = 200
 CO_GENERATOR = 0x20  # code flag of a generator function, as in inspect
@@ -183,8 +184,12 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
         sys.stderr.flush()
         ctx.fail(f"{type(error.cause).__name__}: {error.cause} "
                  f"(record {_preview(error.record)})")
-    except BrokenPipeError:
-        ctx.fail("a downstream stage closed its input")
+    except (OutputsClosed, BrokenPipeError):
+        # Every reader is gone, or a sink's own output (flowctl's stdout
+        # piped into head, say) was closed: the stage is done, as a
+        # program in a shell pipeline ends quietly on SIGPIPE.
+        ctx.done()
+        os._exit(0)
     except Exception as error:  # noqa: BLE001 - every failure is reported
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()

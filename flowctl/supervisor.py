@@ -391,8 +391,11 @@ class Run:
                 f"stage '{stage.spec.id}' failed at start: {reason}; see "
                 f"{stage.log_path}")
             return
-        relayed = stage.exit_code in (runtime.EXIT_UPSTREAM_FAILED,
-                                      runtime.EXIT_BAD_INPUT)
+        # Only the stage library's own report makes these codes mean that
+        # the fault is upstream; a program may exit with 3 or 4 for its
+        # own reasons.
+        relayed = bool(stage.error) and stage.error.get("exit_code") in (
+            runtime.EXIT_UPSTREAM_FAILED, runtime.EXIT_BAD_INPUT)
         if relayed:
             # Restarting the reader cannot mend what its writer sends.
             stage.state = "failed"
@@ -446,6 +449,10 @@ class Run:
         if self._start(stage):
             self.view.event(f"restarted (restart {stage.restarts})",
                             stage.spec.id)
+            if stage.spec.role == "source":
+                self.view.event("a restarted source starts its stream "
+                                "again: the records it produced before "
+                                "are produced again", stage.spec.id)
 
     def _rewire(self, stage: StageProcess) -> None:
         """Give a stage fresh pipes and hand the other ends to its

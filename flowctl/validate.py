@@ -143,6 +143,7 @@ def validate(doc: Document) -> tuple[Pipeline | None, list[Problem],
         StageSpec(id="", role=""))
     stages = _check_stages(checker, spec, defaults)
     _check_graph(checker, stages)
+    _check_standard_streams(checker, stages)
     if checker.problems:
         return None, checker.problems, checker.warnings
     pipeline.stages = _topological(stages)
@@ -369,6 +370,8 @@ def _check_builtin(checker: Validator, path: tuple, entry: dict,
             checker.problem(config_path, f"unknown config key '{key}' for "
                             f"'{name}'", hint, key=True)
             continue
+        value = _coerce_number(value, param.type)
+        config[key] = value
         if isinstance(value, bool) or not isinstance(value, param.type):
             expected = (param.type.__name__ if isinstance(param.type, type)
                         else " or ".join(t.__name__ for t in param.type))
@@ -385,6 +388,20 @@ def _check_builtin(checker: Validator, path: tuple, entry: dict,
         if param.required and key not in config:
             checker.problem(path, f"'{name}' stage '{stage.id}' needs "
                                   f"config key '{key}'", param.help)
+
+
+def _coerce_number(value: Any, expected: type | tuple[type, ...]) -> Any:
+    """Read a quoted number, as `"${COUNT:-3}"` gives, as the number."""
+    if not isinstance(value, str):
+        return value
+    types = expected if isinstance(expected, tuple) else (expected,)
+    for kind in (int, float):
+        if kind in types:
+            try:
+                return kind(value.strip())
+            except ValueError:
+                continue
+    return value
 
 
 def _check_expression(checker: Validator, path: tuple, source: str) -> None:
@@ -522,6 +539,25 @@ def _check_common(checker: Validator, path: tuple, entry: dict,
                             f"input '{item}' twice")
         seen.add(item)
     stage.inputs = list(inputs)
+
+
+def _check_standard_streams(checker: Validator,
+                            stages: list[StageSpec]) -> None:
+    """At most one stage may read flowctl's stdin, and one write its stdout.
+
+    Two would split or interleave the stream at random.
+    """
+    readers = [stage for stage in stages if stage.role == "source"
+               and stage.builtin and stage.config.get("path") == "-"]
+    writers = [stage for stage in stages if stage.role == "sink" and (
+        stage.command is not None or stage.config.get("path") == "-")]
+    for users, stream in ((readers, "standard input"),
+                          (writers, "standard output")):
+        for stage in users[1:]:
+            checker.problems.append(Problem(
+                stage.line, f"stage '{stage.id}' uses flowctl's {stream}, "
+                            f"which stage '{users[0].id}' already uses",
+                "give one of them a file path"))
 
 
 def _check_graph(checker: Validator, stages: list[StageSpec]) -> None:

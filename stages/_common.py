@@ -56,10 +56,28 @@ def open_input(path: str, newline: str | None = None) -> IO[str]:
 
 
 def open_output(path: str) -> IO[str]:
-    """Open a text output: '-' is flowctl's stdout; parents are created."""
+    """Open a text output: '-' is flowctl's stdout; parents are created.
+
+    A file is truncated on the stage's first start and appended to after a
+    restart, without the partial last line a killed writer may have left.
+    """
     if path == "-":
         return context().open_stdout()
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
-    return open(path, "w", encoding="utf-8", newline="")
+    if context().restarts == 0:
+        return open(path, "w", encoding="utf-8", newline="")
+    _cut_partial_line(path)
+    return open(path, "a", encoding="utf-8", newline="")
+
+
+def _cut_partial_line(path: str) -> None:
+    try:
+        with open(path, "rb+") as file:
+            data = file.read()
+            end = data.rfind(b"\n") + 1
+            if end != len(data):
+                file.truncate(end)
+    except FileNotFoundError:
+        pass

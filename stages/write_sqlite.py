@@ -4,7 +4,9 @@ The table is created from the first record when it does not exist, with a
 column per key typed by its value (INTEGER, REAL or TEXT); a later record
 with a new key adds a column.  Nested values are stored as JSON text, and a
 record that is not a mapping is stored in a column named "value".  Rows are
-committed whenever the input is idle and at the end of the stream.
+committed whenever the input is idle and at the end of the stream.  With
+`mode: replace`, the table is emptied when the run starts, not when the
+stage is restarted.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import sqlite3
 from typing import Any
 
-from flowctl.stage import Sink, run
+from flowctl.stage import Sink, context, run
 
 SQL_TYPES = {bool: "INTEGER", int: "INTEGER", float: "REAL"}
 
@@ -39,7 +41,8 @@ class WriteSqlite(Sink):
         self.connection = sqlite3.connect(path, isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.columns = self._existing_columns()
-        if config.get("mode") == "replace" and self.columns:
+        first_start = context().restarts == 0
+        if config.get("mode") == "replace" and self.columns and first_start:
             self.connection.execute(f"DELETE FROM {quote(self.table)}")
         self.in_transaction = False
 
