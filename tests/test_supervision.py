@@ -306,3 +306,64 @@ def test_memory_stays_bounded_under_slow_sink(tmp_path, env, home, spawned):
     assert peaks["flowctl"] < 100 * mib, peaks
     for stage in ("big", "same", "slow"):
         assert peaks[stage] < 150 * mib, peaks
+
+
+def test_restarted_file_sink_appends(tmp_path, env, home, spawned):
+    out = tmp_path / "out.jsonl"
+    errors = tmp_path / "stderr.txt"
+    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          supervisor: {{restart: {{policy: on-failure,
+                                  backoff: {{initial: 100ms}}}}}}
+          sources:
+            - {{id: numbers, stage: generate,
+                config: {{count: 6000, rate: 2000}}}}
+          sinks:
+            - {{id: out, stage: write-jsonl, config: {{path: {out}}},
+                inputs: [numbers]}}
+        """)
+    process = start_flowctl(["run", str(pipeline)], env, spawned, errors)
+    wait_until(lambda: line_count(out) >= 1000, timeout=HANG_GUARD)
+    sink = next(found for found in stage_processes(str(home))
+                if found.environ().get("FLOWCTL_STAGE_ID") == "out")
+    sink.kill()
+    process.wait(timeout=HANG_GUARD)
+    assert process.returncode == 0, errors.read_text()
+    seqs = [record["seq"] for record in read_jsonl(out)]
+    # What was written before the kill is kept: the file starts at 0.
+    assert seqs[:1000] == list(range(1000))
+    assert seqs == sorted(set(seqs))
+    assert seqs[-1] == 5999
+    assert registry_restarts(home, "out") == 1
+
+
+def test_program_exit_code_3_is_restarted(tmp_path, env, home):
+    state = tmp_path / "state"
+    script = tmp_path / "three.sh"
+    script.write_text(f"#!/bin/sh\nif [ ! -e {state} ]; then touch {state}; "
+                      f"head -n 5; exit 3; fi\nexec cat\n")
+    script.chmod(0o755)
+    out = tmp_path / "out.jsonl"
+    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          supervisor: {{restart: {{policy: on-failure,
+                                  backoff: {{initial: 100ms}}}}}}
+          sources:
+            - {{id: numbers, stage: generate,
+                config: {{count: 3000, rate: 1000}}}}
+          processors:
+            - {{id: three, command: [{script}], codec: jsonl,
+                inputs: [numbers]}}
+          sinks:
+            - {{id: out, stage: write-jsonl, config: {{path: {out}}},
+                inputs: [three]}}
+        """)
+    result = run_flowctl(["run", str(pipeline)], env, timeout=HANG_GUARD)
+    assert result.returncode == 0, result.stderr
+    assert "exited with code 3; restarting in" in result.stderr
+    assert registry_restarts(home, "three") == 1
+    assert read_jsonl(out)[-1] == {"seq": 2999}

@@ -910,3 +910,36 @@ def test_init_force_overwrites(tmp_path, env):
     assert result.stdout == "wrote etl.yaml; run it with: flowctl run etl.yaml\n"
     assert existing.read_text().startswith("# A starter pipeline")
     assert not (tmp_path / "pipeline.yaml").exists()
+
+
+def test_two_stages_on_stdout_rejected(tmp_path, env):
+    pipeline = write_pipeline(tmp_path / "p.yaml", """
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          sources:
+            - {id: numbers, stage: generate, config: {count: 3}}
+          sinks:
+            - {id: a, stage: write-jsonl, config: {path: "-"}, inputs: [numbers]}
+            - {id: b, stage: write-csv, config: {path: "-"}, inputs: [numbers]}
+        """)
+    result = run_flowctl(["validate", str(pipeline)], env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        f"{pipeline}:8: stage 'b' uses flowctl's standard output, which "
+        f"stage 'a' already uses (give one of them a file path)")
+
+
+def test_quoted_number_from_environment(tmp_path, env):
+    pipeline = write_pipeline(tmp_path / "p.yaml", """
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          sources:
+            - {id: numbers, stage: generate, config: {count: "${COUNT:-3}"}}
+          sinks:
+            - {id: out, stage: write-jsonl, config: {path: "-"}, inputs: [numbers]}
+        """)
+    result = run_flowctl(["run", str(pipeline)], {**env, "COUNT": "2"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ['{"seq":0}', '{"seq":1}']
