@@ -143,7 +143,8 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
         hint = ""
         if code == 1 and os.path.basename(argv[0]) == "grep":
             hint = ("; grep exits with 1 when no line matched, so add "
-                    "success_exit_codes: [0, 1] to the stage if that is fine")
+                    "success_exit_codes: [0, 1] to the stage (inline: exec "
+                    "--success-exit-codes 0,1 grep ...) if that is fine")
         ctx.fail(f"command {argv[0]!r} {_exit_description(code)}{hint}",
                  EXIT_FAILED, command_exit_code=code)
     ctx.finish()

@@ -114,7 +114,13 @@ def run(file: str | None, expression: str | None, home: str | None,
         sys.exit(EXIT_USAGE)
     run_id = new_run_id()
     view = _make_view(pipeline, run_id, live, log_format)
-    runner = Run(pipeline, resolve_home(home), run_id, view)
+    try:
+        runner = Run(pipeline, resolve_home(home), run_id, view)
+    except OSError as error:
+        click.echo(f"flowctl: cannot use the state directory "
+                   f"{resolve_home(home)}: {error.strerror}; set --home or "
+                   f"FLOWCTL_HOME to a directory you can write", err=True)
+        sys.exit(EXIT_USAGE)
     if metrics_port is not None:
         # Imported here: prometheus_client costs start-up time for every
         # run that does not serve metrics.

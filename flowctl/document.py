@@ -148,10 +148,23 @@ def load(text: str, filename: str,
         document.problems.append(Problem(1, "the file is empty"))
         return document
     builder = _Builder(document, os.environ if environ is None else environ)
-    document.data = builder.build(node, ())
+    try:
+        document.data = builder.build(node, ())
+    except RecursionError:
+        document.problems.append(Problem(
+            1, "the YAML nests too deeply or an alias refers to itself"))
     return document
 
 
 def load_file(path: str, environ: Mapping[str, str] | None = None) -> Document:
-    with open(path, encoding="utf-8") as file:
-        return load(file.read(), path, environ)
+    with open(path, "rb") as file:
+        raw = file.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        document = Document(path, None)
+        line = raw[:error.start].count(b"\n") + 1
+        document.problems.append(Problem(
+            line, f"the file is not UTF-8 text (byte {error.start})"))
+        return document
+    return load(text, path, environ)

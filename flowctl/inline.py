@@ -5,8 +5,9 @@
 
 Segments are separated by `|`.  A segment is a built-in stage name with
 `key=value` config (values are read as YAML scalars, so `count=10` is a
-number), or `exec [--codec CODEC] PROGRAM ARGS...` for an executable, with
-the `lines` codec unless another is given.  The first segment is the
+number), or `exec [--codec CODEC] [--success-exit-codes 0,1] PROGRAM
+ARGS...` for an executable, with the `lines` codec unless another is
+given.  The first segment is the
 source, the last the sink and the rest processors, in a chain.  When the
 last segment is not a sink, `write-jsonl path=-` is added so the records
 appear on standard output.  Stage ids are the names, numbered when a name
@@ -62,16 +63,27 @@ def _segment_entry(words: list[str], number: int,
         return None
     name, rest = words[0], words[1:]
     if name == "exec":
-        codec = "lines"
-        if len(rest) >= 2 and rest[0] == "--codec":
-            codec, rest = rest[1], rest[2:]
-        elif rest and rest[0].startswith("--codec="):
-            codec, rest = rest[0].split("=", 1)[1], rest[1:]
+        options = {"--codec": "lines", "--success-exit-codes": "0"}
+        while rest and rest[0].split("=", 1)[0] in options:
+            option, equals, value = rest[0].partition("=")
+            if not equals:
+                if len(rest) < 2:
+                    break
+                value, rest = rest[1], rest[1:]
+            options[option] = value
+            rest = rest[1:]
         if not rest:
             problems.append(Problem(number, "'exec' needs a program to run"))
             return None
+        try:
+            codes = [int(code) for code in
+                     options["--success-exit-codes"].split(",")]
+        except ValueError:
+            problems.append(Problem(number, "--success-exit-codes takes "
+                                            "numbers separated by commas"))
+            return None
         return {"id": rest[0].rsplit("/", 1)[-1], "command": rest,
-                "codec": codec}
+                "codec": options["--codec"], "success_exit_codes": codes}
     config = {}
     params = BUILTINS[name].params if name in BUILTINS else {}
     for word in rest:

@@ -14,6 +14,7 @@ import signal
 from typing import Callable
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
                     use_errno=True)
@@ -37,3 +38,16 @@ def child_setup(new_process_group: bool) -> Callable[[], None]:
             os._exit(1)
 
     return setup
+
+
+def become_subreaper() -> None:
+    """Adopt the orphans of our descendants instead of letting init have
+    them, so a background child a stage left behind can still be found
+    and killed when the run ends.
+
+    NOTE: this covers a run that ends normally or by a signal flowctl can
+    handle.  When flowctl dies by SIGKILL, the stages die through their
+    parent-death signal, but a background child that a stage's program
+    started itself is adopted by init and may survive.
+    """
+    _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

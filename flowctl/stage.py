@@ -190,6 +190,9 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
         # program in a shell pipeline ends quietly on SIGPIPE.
         ctx.done()
         os._exit(0)
+    except OSError as error:
+        # A missing or unwritable file: the message says it all.
+        ctx.fail(f"{type(error).__name__}: {error}")
     except Exception as error:  # noqa: BLE001 - every failure is reported
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()

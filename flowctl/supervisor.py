@@ -34,9 +34,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import psutil
+
 from flowctl import protocol, runtime
 from flowctl.display import RateMeter, View
 from flowctl.home import run_directory
+from flowctl.lifetime import become_subreaper
 from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
 from flowctl.registry import Registry
@@ -183,6 +186,7 @@ class Run:
 
     def execute(self) -> Outcome:
         previous = self._install_signal_handlers()
+        become_subreaper()
         try:
             self._start_stages()
             self.view.start(list(self.stages.values()))
@@ -231,6 +235,7 @@ class Run:
             self.next_registry_write = now + REGISTRY_INTERVAL
             self._measure_rates(now)
             self._write_registry()
+            self._reap_orphans(kill=False)
         self.view.tick()
 
     def _run_timers(self, now: float) -> None:
@@ -678,6 +683,30 @@ class Run:
                                  outcome.message)
         self.registry.close()
 
+    def _reap_orphans(self, kill: bool) -> None:
+        """Reap (and with `kill`, first kill) adopted orphans of stages.
+
+        Only processes that are not stages are touched: a stage's exit
+        status belongs to its Popen object.
+        """
+        stage_pids = {stage.pid for stage in self.stages.values()
+                      if stage.alive}
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid in stage_pids:
+                continue
+            try:
+                if kill:
+                    child.kill()
+                elif child.status() != psutil.STATUS_ZOMBIE:
+                    continue
+                os.waitpid(child.pid, 0 if kill else os.WNOHANG)
+            except (psutil.Error, ChildProcessError):
+                pass
+
     # Clean-up and the result
 
     def _cleanup(self, previous: dict[int, Any]) -> None:
@@ -694,6 +723,7 @@ class Run:
             if stage.pidfd is not None:
                 os.close(stage.pidfd)
                 stage.pidfd = None
+        self._reap_orphans(kill=True)
         for key in list(self.retired):
             self._close_retired(key)
         self.graph.close()

@@ -650,6 +650,6 @@ def load_pipeline(path: str) -> tuple[Pipeline | None, list[Problem],
     try:
         doc = document.load_file(path)
     except OSError as error:
-        return None, [Problem(0, f"cannot read the file: "
+        return None, [Problem(1, f"cannot read the file: "
                                  f"{error.strerror}")], []
     return validate(doc)
