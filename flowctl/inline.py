@@ -63,7 +63,7 @@ def _segment_entry(words: list[str], number: int,
         return None
     name, rest = words[0], words[1:]
     if name == "exec":
-        options = {"--codec": "lines", "--success-exit-codes": "0"}
+        options = {"--codec": "lines", "--success-exit-codes": ""}
         while rest and rest[0].split("=", 1)[0] in options:
             option, equals, value = rest[0].partition("=")
             if not equals:
@@ -75,15 +75,18 @@ def _segment_entry(words: list[str], number: int,
         if not rest:
             problems.append(Problem(number, "'exec' needs a program to run"))
             return None
-        try:
-            codes = [int(code) for code in
-                     options["--success-exit-codes"].split(",")]
-        except ValueError:
-            problems.append(Problem(number, "--success-exit-codes takes "
-                                            "numbers separated by commas"))
-            return None
-        return {"id": rest[0].rsplit("/", 1)[-1], "command": rest,
-                "codec": options["--codec"], "success_exit_codes": codes}
+        entry = {"id": rest[0].rsplit("/", 1)[-1], "command": rest,
+                 "codec": options["--codec"]}
+        if options["--success-exit-codes"]:
+            try:
+                entry["success_exit_codes"] = [
+                    int(code)
+                    for code in options["--success-exit-codes"].split(",")]
+            except ValueError:
+                problems.append(Problem(number, "--success-exit-codes takes "
+                                                "numbers separated by commas"))
+                return None
+        return entry
     config = {}
     params = BUILTINS[name].params if name in BUILTINS else {}
     for word in rest:

@@ -267,3 +267,11 @@ def test_file_and_expression_rejected(tmp_path, env):
     assert result.stderr.splitlines()[-1] == (
         "Error: give a pipeline FILE or -e PIPELINE, not both and not "
         "neither")
+
+
+def test_exec_success_exit_codes_option(env):
+    result = run_flowctl(
+        ["run", "-e", "generate count=3 | exec --success-exit-codes 0,1 "
+                      "grep nomatch"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
