@@ -8,7 +8,6 @@ child asks for SIGKILL when its parent thread exits.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 from typing import Callable
@@ -16,8 +15,9 @@ from typing import Callable
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6",
-                    use_errno=True)
+# The running interpreter already links libc; CDLL(None) finds prctl there
+# without ctypes.util.find_library, which runs /sbin/ldconfig to search.
+_libc = ctypes.CDLL(None, use_errno=True)
 _prctl = _libc.prctl
 
 

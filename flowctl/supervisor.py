@@ -130,9 +130,11 @@ class Run:
             self.stages[spec.id] = stage
             self.trackers[spec.id] = RestartTracker(spec.restart, self.rng)
             self.log_files[spec.id] = open(log_path, "ab", buffering=0)
-        self._open_registry()
+        # The stages start first: their interpreters boot while the
+        # registry and the control socket are set up.
         for stage in self.stages.values():
             self._start(stage)
+        self._open_registry()
 
     def _open_registry(self) -> None:
         self.control_server = ControlServer(self.directory, self.run_id,
