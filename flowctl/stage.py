@@ -315,10 +315,15 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
         try:
             if batch_function is not None:
                 try:
-                    buffer.extend(batch_function(frame[1]))
+                    result = batch_function(frame[1])
                 except Exception as error:
                     raise _find_failing_record(function, frame[1],
                                                error) from error
+                if buffer or type(result) is not list:
+                    buffer.extend(result)
+                else:
+                    # Nothing is waiting: the new list becomes the batch.
+                    outputs.buffer = buffer = result
             elif emits_many:
                 for record in frame[1]:
                     buffer.extend(function(record))
