@@ -489,8 +489,24 @@ def print_text_report(report: dict[str, Any], contenders: list[Contender]
                        report["ratios"]))
 
 
+def compile_flowctl(python: str) -> None:
+    """Compile flowctl's modules to bytecode, as `pip install .` does.
+
+    An editable install leaves them as source, and with
+    PYTHONDONTWRITEBYTECODE set (as on some CI machines) every stage
+    process would compile them again at each start, which no installed
+    flowctl does.
+    """
+    subprocess.run(
+        [python, "-c", "import compileall, os, flowctl, flowctl.stages; "
+         "[compileall.compile_dir(os.path.dirname(m.__file__), quiet=1) "
+         "for m in (flowctl, flowctl.stages)]"],
+        check=True, capture_output=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
+    compile_flowctl(arguments.python)
     try:
         machine = describe_machine(arguments.python)
     except BrokenRun as error:
