@@ -13,7 +13,6 @@ import click
 
 from flowctl import __version__
 from flowctl.builtins import BUILTINS
-from flowctl import runs_cli
 from flowctl.display import JsonView, PlainView, View
 from flowctl.document import Problem
 from flowctl.home import new_run_id, resolve_home
@@ -57,7 +56,26 @@ def _load(file: str | None, expression: str | None
     return pipeline, problems, warnings, file
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A command group that imports the commands for watching runs only
+    when one of them is used, so `flowctl run` starts faster."""
+
+    lazy_commands = ("status", "stop", "runs", "logs")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) |
+                      set(self.lazy_commands))
+
+    def get_command(self, ctx: click.Context, name: str
+                    ) -> click.Command | None:
+        if name in self.lazy_commands:
+            from flowctl import runs_cli
+            return getattr(runs_cli, name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="flowctl")
 def main() -> None:
     """Run data pipelines as supervised operating-system processes.
@@ -216,5 +234,3 @@ def stages() -> None:
             required = " (required)" if param.required else ""
             click.echo(f"    {key}{required}: {param.help}")
 
-
-runs_cli.register(main)

@@ -18,8 +18,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import psutil
-
 from flowctl import adapter, codecs, protocol, runtime
 from flowctl.builtins import BUILTINS, module_argv
 from flowctl.lifetime import child_setup
@@ -323,6 +321,8 @@ class StageProcess:
         """
         if self.pid is None:
             return
+        import psutil
+
         try:
             children = psutil.Process(self.pid).children(recursive=True)
         except psutil.Error:

@@ -266,7 +266,3 @@ def _print_new_lines(path: str, position: int, prefix: str) -> int:
         click.echo(prefix + line)
     return position + end
 
-
-def register(group: click.Group) -> None:
-    for command in (status, stop, runs, logs):
-        group.add_command(command)

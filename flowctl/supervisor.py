@@ -32,9 +32,7 @@ import selectors
 import signal
 import time
 from dataclasses import dataclass
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from flowctl import protocol, runtime
 from flowctl.display import RateMeter, View
@@ -42,10 +40,12 @@ from flowctl.home import run_directory
 from flowctl.lifetime import become_subreaper
 from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
-from flowctl.registry import Registry
 from flowctl.restarts import RestartTracker
 from flowctl.runcontrol import ControlServer
 from flowctl.wiring import Edge, Graph
+
+if TYPE_CHECKING:
+    from flowctl.registry import Registry
 
 TICK_SECONDS = 0.1
 REGISTRY_INTERVAL = 1.0
@@ -137,6 +137,10 @@ class Run:
         self._open_registry()
 
     def _open_registry(self) -> None:
+        # Imported here, after the stages have been started: SQLite and
+        # psutil need not delay them.
+        from flowctl.registry import Registry
+
         self.control_server = ControlServer(self.directory, self.run_id,
                                             self._handle_request)
         self.selector.register(self.control_server.socket,
@@ -691,6 +695,8 @@ class Run:
         Only processes that are not stages are touched: a stage's exit
         status belongs to its Popen object.
         """
+        import psutil
+
         stage_pids = {stage.pid for stage in self.stages.values()
                       if stage.alive}
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import gzip
 import json
 import math
 import os
@@ -50,6 +49,8 @@ def open_input(path: str, newline: str | None = None) -> IO[str]:
     if path == "-":
         return context().open_stdin()
     if path.endswith(".gz"):
+        import gzip
+
         return gzip.open(path, "rt", encoding="utf-8", errors="replace",
                          newline=newline)
     return open(path, encoding="utf-8", errors="replace", newline=newline)
