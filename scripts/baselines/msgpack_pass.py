@@ -1,6 +1,8 @@
-"""Decode each batch frame on stdin and encode it again on stdout.
+"""Decode each batch frame on stdin, apply the map to every record, and
+encode the batch again on stdout.
 
-This is the pass-through processor of the bare msgpack baseline.  Frames
+This is the `map r` processor of the bare msgpack baseline: the map
+function returns its record, as `map expr=r` does in flowctl.  Frames
 are a 4-byte big-endian payload length and a msgpack payload
 [2, [record, ...]], as in flowctl.
 """
@@ -29,6 +31,11 @@ def enlarge_stdout_pipe() -> None:
         pass  # stdout is not a pipe, or the size is over pipe-max-size
 
 
+def transform(record: object) -> object:
+    """The map of the benchmark, `r`: the record itself."""
+    return record
+
+
 def main() -> None:
     enlarge_stdout_pipe()
     pack = msgpack.Packer(use_bin_type=True).pack
@@ -45,6 +52,7 @@ def main() -> None:
             if kind != BATCH_FRAME_TYPE:
                 sys.exit(f"msgpack_pass: expected a batch frame (type "
                          f"{BATCH_FRAME_TYPE}), got frame type {kind!r}")
+            records = [transform(record) for record in records]
             payload = pack([BATCH_FRAME_TYPE, records])
             write(pack_header(len(payload)) + payload)
 
