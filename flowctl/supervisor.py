@@ -588,7 +588,33 @@ class Run:
                 stage.request_stop()
             if stage.state == "backoff":
                 stage.state = "stopped"
+                self._close_gap(stage)
         self.drain_deadline = time.monotonic() + self.pipeline.drain_timeout
+
+    def _close_gap(self, stage: StageProcess) -> None:
+        """Let the stream drain around a stage that will not restart.
+
+        Its readers get a new pipe holding just an end frame, and what its
+        writers still send is read and discarded, so neither side waits
+        for it until the drain timeout.
+        """
+        for edge in self.graph.outputs_of(stage.spec.id):
+            reader = self.stages[edge.reader]
+            if not (reader.alive and reader.can_rewire and reader.control):
+                continue
+            old = self.graph.replace(edge)
+            reader.send({"type": "rewire_input", "index": edge.reader_index},
+                        fd=edge.read_fd)
+            self._retire((reader.spec.id, "input", edge.reader_index), old,
+                         drain=False)
+            self._end_stream(edge)
+        for edge in self.graph.inputs_of(stage.spec.id):
+            if edge.read_fd >= 0 and edge.read_fd not in \
+                    self.selector.get_map():
+                os.set_blocking(edge.read_fd, False)
+                self.selector.register(edge.read_fd, selectors.EVENT_READ,
+                                       ("drain", (stage.spec.id, "gap",
+                                                  edge.reader_index)))
 
     def _begin_failure(self, message: str) -> None:
         if self.failing:

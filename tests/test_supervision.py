@@ -367,3 +367,27 @@ def test_program_exit_code_3_is_restarted(tmp_path, env, home):
     assert "exited with code 3; restarting in" in result.stderr
     assert registry_restarts(home, "three") == 1
     assert read_jsonl(out)[-1] == {"seq": 2999}
+
+
+def test_stop_during_backoff_drains_around_stage(tmp_path, env, home,
+                                                 spawned):
+    errors = tmp_path / "stderr.txt"
+    restart = ("{policy: on-failure, "
+               "backoff: {initial: 10m, max: 10m, jitter: 0}}")
+    pipeline, out = crasher_pipeline(
+        tmp_path, "exit", restart, count=100000, rate=2000, crashes=1,
+        extra="")
+    text = pipeline.read_text().replace(
+        "  supervisor:\n", "  supervisor:\n    drain_timeout: 10m\n")
+    pipeline.write_text(text)
+    process = start_flowctl(["run", str(pipeline)], env, spawned, errors)
+    wait_until(lambda: "restarting in 600.0s" in errors.read_text(),
+               timeout=HANG_GUARD)
+    process.send_signal(signal.SIGTERM)
+    # With a 10-minute backoff and drain timeout, only draining around the
+    # waiting stage lets the run end within the hang guard.
+    process.wait(timeout=HANG_GUARD)
+    assert process.returncode == 143, errors.read_text()
+    seqs = [record["seq"] for record in read_jsonl(out)]
+    assert seqs == list(range(len(seqs)))
+    assert stage_processes(str(home)) == []
