@@ -19,6 +19,7 @@ class Param:
     required: bool = False
     help: str = ""
     choices: tuple[Any, ...] = ()
+    minimum: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,13 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
                                        "read as null; [\"\"] by default")}),
     Builtin("generate", "source", "generate",
             "records {'seq': i} for i from 0",
-            {"count": Param(int, help="how many records; endless if absent"),
+            {"count": Param(int, help="how many records; endless if absent",
+                            minimum=0),
              "rate": Param((int, float), help="records per second; "
-                                              "as fast as possible if absent"),
+                                              "as fast as possible if absent",
+                           minimum=0),
              "payload": Param(int, help="add a 'data' field of this many "
-                                        "characters")}),
+                                        "characters", minimum=0)}),
     Builtin("filter", "processor", "filter",
             "keep records for which a Python expression over r is true",
             {"where": Param(str, True, "Python expression over the record r")}),

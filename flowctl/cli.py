@@ -144,7 +144,8 @@ def run(file: str | None, expression: str | None, home: str | None,
         # run that does not serve metrics.
         from flowctl.metrics import serve_metrics
         try:
-            serve_metrics(runner, metrics_port)
+            bound = serve_metrics(runner, metrics_port)
+            view.event(f"serving metrics on http://127.0.0.1:{bound}/metrics")
         except OSError as error:
             click.echo(f"flowctl: cannot serve metrics on 127.0.0.1:"
                        f"{metrics_port}: {error.strerror}", err=True)

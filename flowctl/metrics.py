@@ -60,11 +60,13 @@ class RunCollector:
         yield state
 
 
-def serve_metrics(run: Run, port: int) -> None:
-    """Start the metrics endpoint in a background thread.
+def serve_metrics(run: Run, port: int) -> int:
+    """Start the metrics endpoint in a background thread; return its port.
 
-    Raise OSError when the port cannot be bound.
+    Port 0 picks a free port.  Raise OSError when the port cannot be bound.
     """
     registry = CollectorRegistry()
     registry.register(RunCollector(run))
-    start_http_server(port, addr=METRICS_ADDRESS, registry=registry)
+    server, _ = start_http_server(port, addr=METRICS_ADDRESS,
+                                  registry=registry)
+    return server.server_port

@@ -251,6 +251,12 @@ def logs(run_id: str, stage_id: str | None, follow: bool,
         if not follow or not run.is_alive():
             break
         time.sleep(FOLLOW_INTERVAL)
+    if not any(positions.values()):
+        if stage_id:
+            message = f"stage {stage_id!r} of run {run.id} wrote nothing"
+        else:
+            message = f"no stage of run {run.id} wrote anything"
+        click.echo(f"flowctl: {message} to stderr", err=True)
 
 
 def _print_new_lines(path: str, position: int, prefix: str) -> int:

@@ -377,6 +377,10 @@ def _check_builtin(checker: Validator, path: tuple, entry: dict,
                         else " or ".join(t.__name__ for t in param.type))
             checker.problem(config_path, f"config key '{key}' of '{name}' "
                             f"must be {expected}, not {value!r}")
+        elif param.minimum is not None and value < param.minimum:
+            checker.problem(config_path, f"config key '{key}' of '{name}' "
+                            f"must be {param.minimum:g} or more, not "
+                            f"{value!r}")
         elif param.choices and value not in param.choices:
             checker.problem(config_path, f"config key '{key}' of '{name}' "
                             f"must be one of "
