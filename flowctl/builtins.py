@@ -64,8 +64,9 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
             {"path": Param(str, True, PATH_HELP),
              "delimiter": Param(str, help="field separator, ',' by default"),
              "types": Param(str, help="'text' keeps every value a string; "
-                                      "'auto' turns numbers into numbers and "
-                                      "empty fields into null",
+                                      "'auto' turns numbers without a "
+                                      "leading zero into numbers and the "
+                                      "nulls into null",
                             choices=("text", "auto")),
              "nulls": Param(list, help="with types: auto, the field values "
                                        "read as null; [\"\"] by default")}),

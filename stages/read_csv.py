@@ -1,6 +1,7 @@
 """read-csv: one record per row, a mapping keyed by the header row.
 
-With `types: auto`, fields that read as integers or decimals become numbers
+With `types: auto`, fields that read as integers or decimals (without a
+leading zero, so 007 and 02134 stay text) become numbers
 and the values listed in `nulls` (by default only the empty string) become
 null; by default every value stays a string.
 """
@@ -16,8 +17,10 @@ from flowctl.stages._common import open_input
 
 
 NUMBER_START = frozenset("0123456789+-.")
-INTEGER = re.compile(r"[+-]?[0-9]+")
-DECIMAL = re.compile(r"[+-]?([0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)([eE][+-]?[0-9]+)?")
+# A leading zero (a zip code, an id such as 007) keeps a field text.
+INTEGER = re.compile(r"[+-]?(0|[1-9][0-9]*)")
+DECIMAL = re.compile(
+    r"[+-]?((0|[1-9][0-9]*)\.[0-9]*|\.[0-9]+|(0|[1-9][0-9]*))([eE][+-]?[0-9]+)?")
 
 
 def convert(value: str, nulls: frozenset[str]) -> Any:

@@ -245,7 +245,7 @@ def test_read_csv_auto_number_forms(tmp_path, env):
                        STDOUT)
 
     assert result.returncode == 0, result.stderr
-    assert printed(result) == [{"plus": 5, "lead": 7, "exp": 1000.0,
+    assert printed(result) == [{"plus": 5, "lead": "007", "exp": 1000.0,
                                 "dot": 0.5, "dash": "-", "word": "NaN",
                                 "inf": "inf"}]
 
@@ -610,3 +610,13 @@ def test_discard_counts_records(tmp_path, env):
                 if re.search(r" stage=\S+ finished ", line)]
     assert sorted(finished) == ["sink finished in=5 out=0",
                                 "source finished in=0 out=5"]
+
+
+def test_read_csv_auto_keeps_leading_zeros(tmp_path, env):
+    source = tmp_path / "ids.csv"
+    source.write_text("id,zip,count\n007,02134,0\n")
+    result = run_flowctl(
+        ["run", "-e", f"read-csv path={source} types=auto"], env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        '{"id":"007","zip":"02134","count":0}']
