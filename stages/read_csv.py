@@ -1,9 +1,9 @@
 """read-csv: one record per row, a mapping keyed by the header row.
 
-With `types: auto`, fields that read as integers or decimals (without a
-leading zero, so 007 and 02134 stay text) become numbers
-and the values listed in `nulls` (by default only the empty string) become
-null; by default every value stays a string.
+With `types: auto`, fields that read as integers or decimals become
+numbers, except those with a leading zero (007 and 02134 stay text), and
+the values listed in `nulls` (by default only the empty string) become
+null.  By default every value stays a string.
 """
 
 from __future__ import annotations
