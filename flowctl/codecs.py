@@ -9,7 +9,8 @@ a record {"line": text} without its newline.
 is parsed as JSON and becomes one record.
 
 `csv`: mapping records go in as CSV rows after a header row taken from the
-first record's keys; output is read as CSV with a header row, and every row
+first record's keys (keys that later records add are left out, with a
+message on stderr); output is read as CSV with a header row, and every row
 becomes a mapping of column to string.
 
 Text is UTF-8; bytes that are not valid UTF-8 are replaced with U+FFFD.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from typing import Any
 
 TEXT_CODECS = ("lines", "jsonl", "csv")
@@ -98,6 +100,7 @@ class CsvCodec(LinesCodec):
     def __init__(self) -> None:
         super().__init__()
         self._columns: list[str] | None = None
+        self._dropped: set[str] = set()
         self._header: list[str] | None = None
         self._pending = ""
 
@@ -113,12 +116,23 @@ class CsvCodec(LinesCodec):
                                  f"{type(first).__name__}")
             self._columns = list(first)
             writer.writerow(self._columns)
+        columns = set(self._columns)
         for record in records:
             if not isinstance(record, dict):
                 raise CodecError(f"the csv codec takes mapping records, got "
                                  f"{type(record).__name__}")
             writer.writerow([record.get(column, "") for column in self._columns])
+            if len(record) > len(columns) or not columns.issuperset(record):
+                self._report_dropped(set(record) - columns)
         return out.getvalue().encode("utf-8", "replace")
+
+    def _report_dropped(self, keys: set[str]) -> None:
+        new = keys - self._dropped
+        if new:
+            self._dropped |= new
+            print(f"csv codec: keys that are not columns are left out: "
+                  f"{', '.join(sorted(map(str, new)))} (the columns are the "
+                  f"first record's keys)", file=sys.stderr)
 
     def _rows(self, lines: list[str]) -> list[Any]:
         # A quoted field may hold a newline; an odd number of quote marks so

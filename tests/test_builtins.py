@@ -436,10 +436,10 @@ def test_write_csv_file(tmp_path, env):
 
     assert result.returncode == 0, result.stderr
     written = (tmp_path / "out" / "result.csv").read_bytes()
-    assert written == (b'id,text,score\r\n'
-                       b'1,"a, b",2.5\r\n'
-                       b'2,"say ""hi""",\r\n'
-                       b'3,"two\nlines",\r\n')
+    assert written == (b'id,text,score\n'
+                       b'1,"a, b",2.5\n'
+                       b'2,"say ""hi""",\n'
+                       b'3,"two\nlines",\n')
 
 
 def test_write_csv_columns(tmp_path, env):
@@ -450,8 +450,8 @@ def test_write_csv_columns(tmp_path, env):
                                       "columns": ["c", "a"]}))
 
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "result.csv").read_bytes() == (b"c,a\r\n0,0\r\n"
-                                                      b"10,1\r\n")
+    assert (tmp_path / "result.csv").read_bytes() == (b"c,a\n0,0\n"
+                                                      b"10,1\n")
 
 
 def test_write_csv_delimiter_stdout(tmp_path, env):
@@ -472,8 +472,7 @@ def test_write_csv_read_csv_round_trip(tmp_path, env):
     assert result.returncode == 0, result.stderr
     with open(tmp_path / "copy.csv", newline="") as file:
         copy = file.read()
-    assert copy == CSV_TEXT.replace("\n", "\r\n").replace(
-        '"two\r\nlines"', '"two\nlines"')
+    assert copy == CSV_TEXT
 
 
 # write-sqlite
@@ -620,3 +619,16 @@ def test_read_csv_auto_keeps_leading_zeros(tmp_path, env):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         '{"id":"007","zip":"02134","count":0}']
+
+
+def test_write_csv_reports_dropped_keys(tmp_path, env):
+    (tmp_path / "in.jsonl").write_text('{"a": 1}\n{"a": 2, "b": 3}\n')
+
+    result = run_chain(tmp_path, env,
+                       ("read-jsonl", {"path": "in.jsonl"}),
+                       ("write-csv", {"path": "out.csv"}))
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out.csv").read_text() == "a\n1\n2\n"
+    assert ("keys that are not columns are left out: b; set 'columns' to "
+            "keep them") in result.stderr

@@ -391,3 +391,34 @@ def test_stop_during_backoff_drains_around_stage(tmp_path, env, home,
     seqs = [record["seq"] for record in read_jsonl(out)]
     assert seqs == list(range(len(seqs)))
     assert stage_processes(str(home)) == []
+
+
+def test_restarted_csv_sink_writes_one_header(tmp_path, env, home, spawned):
+    out = tmp_path / "out.csv"
+    errors = tmp_path / "stderr.txt"
+    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          supervisor: {{restart: {{policy: on-failure,
+                                  backoff: {{initial: 100ms}}}}}}
+          sources:
+            - {{id: numbers, stage: generate,
+                config: {{count: 4000, rate: 2000}}}}
+          sinks:
+            - {{id: out, stage: write-csv, config: {{path: {out}}},
+                inputs: [numbers]}}
+        """)
+    process = start_flowctl(["run", str(pipeline)], env, spawned, errors)
+    wait_until(lambda: line_count(out) >= 500, timeout=HANG_GUARD)
+    sink = next(found for found in stage_processes(str(home))
+                if found.environ().get("FLOWCTL_STAGE_ID") == "out")
+    sink.kill()
+    process.wait(timeout=HANG_GUARD)
+    assert process.returncode == 0, errors.read_text()
+    lines = out.read_text().splitlines()
+    assert lines[0] == "seq"
+    seqs = [int(line) for line in lines[1:]]
+    assert seqs == sorted(set(seqs))
+    assert seqs[:499] == list(range(499))
+    assert seqs[-1] == 3999
