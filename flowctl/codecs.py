@@ -122,7 +122,7 @@ class CsvCodec(LinesCodec):
                 raise CodecError(f"the csv codec takes mapping records, got "
                                  f"{type(record).__name__}")
             writer.writerow([record.get(column, "") for column in self._columns])
-            if len(record) > len(columns) or not columns.issuperset(record):
+            if not columns.issuperset(record):
                 self._report_dropped(set(record) - columns)
         return out.getvalue().encode("utf-8", "replace")
 
