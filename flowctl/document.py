@@ -17,6 +17,10 @@ import yaml
 
 Path = tuple  # a path into the document, e.g. ("spec", "sources", 0, "id")
 
+# Aliases can make a small file expand to billions of values ("billion
+# laughs"); a pipeline file never needs more than this many.
+MAX_VALUES = 100_000
+
 _VARIABLE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -77,13 +81,21 @@ def interpolate(text: str, environ: Mapping[str, str]
     return _VARIABLE.sub(replace, text), missing
 
 
+class TooManyValues(Exception):
+    """The document expands to more than MAX_VALUES values."""
+
+
 class _Builder:
     def __init__(self, document: Document, environ: Mapping[str, str]):
         self.document = document
         self.environ = environ
         self.constructor = yaml.SafeLoader("")
+        self.count = 0
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        self.count += 1
+        if self.count > MAX_VALUES:
+            raise TooManyValues()
         self.document.value_lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
@@ -153,6 +165,10 @@ def load(text: str, filename: str,
     except RecursionError:
         document.problems.append(Problem(
             1, "the YAML nests too deeply or an alias refers to itself"))
+    except TooManyValues:
+        document.problems.append(Problem(
+            1, f"the YAML expands to more than {MAX_VALUES:,} values",
+            "check the aliases, written *name, in the file"))
     return document
 
 

@@ -943,3 +943,18 @@ def test_quoted_number_from_environment(tmp_path, env):
     result = run_flowctl(["run", str(pipeline)], {**env, "COUNT": "2"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ['{"seq":0}', '{"seq":1}']
+
+
+def test_alias_expansion_is_bounded(tmp_path, env):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        previous, current = chr(ord("a") + level - 1), chr(ord("a") + level)
+        lines.append(f"{current}: &{current} [" + ", ".join(
+            [f"*{previous}"] * 8) + "]")
+    pipeline = tmp_path / "laughs.yaml"
+    pipeline.write_text("\n".join(lines) + "\n")
+    result = run_flowctl(["validate", str(pipeline)], env, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == (
+        f"{pipeline}:1: the YAML expands to more than 100,000 values "
+        f"(check the aliases, written *name, in the file)")
