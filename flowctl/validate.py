@@ -474,7 +474,10 @@ def _check_executable(checker: Validator, path: tuple, entry: dict,
             checker.problem(where, f"command not found: {program!r}",
                             "check the path; relative paths start from "
                             "the stage's cwd")
-        elif os.path.isdir(full) or not os.access(full, os.X_OK):
+        elif os.path.isdir(full):
+            checker.problem(where, f"command is a directory: {program!r}",
+                            "name the program inside it")
+        elif not os.access(full, os.X_OK):
             checker.problem(where, f"command is not executable: {program!r}",
                             f"run chmod +x {program}")
     else:
@@ -531,11 +534,16 @@ def _check_common(checker: Validator, path: tuple, entry: dict,
         return
     if isinstance(inputs, str):
         inputs = [inputs]
-    if not isinstance(inputs, list) or not inputs or not all(
-            isinstance(item, str) for item in inputs):
+    if not isinstance(inputs, list) or not inputs:
         checker.problem(path + ("inputs",), "'inputs' must be a non-empty "
                         "list of stage ids")
         return
+    for index, item in enumerate(inputs):
+        if not isinstance(item, str):
+            checker.problem(path + ("inputs", index), f"input {item!r} is "
+                            f"not a stage id", "stage ids are strings; "
+                            "quote ids that look like numbers")
+            return
     seen = set()
     for item in inputs:
         if item in seen:
