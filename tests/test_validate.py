@@ -669,8 +669,8 @@ def test_validate_command_is_directory(tmp_path, env):
 
     assert result.returncode == EXIT_USAGE
     assert result.stderr.splitlines() == [
-        "pipeline.yaml:10: command is not executable: './tools' (run chmod "
-        "+x ./tools)",
+        "pipeline.yaml:10: command is a directory: './tools' (name the "
+        "program inside it)",
         "1 problem found in pipeline.yaml",
     ]
 
