@@ -6,6 +6,7 @@ or the inline form, after every check has passed.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +49,7 @@ class StageSpec:
     def label(self) -> str:
         if self.builtin:
             return self.builtin
-        return " ".join(self.command or [])
+        return shlex.join(self.command or [])
 
 
 @dataclass

@@ -651,6 +651,11 @@ class Run:
             elif not self.stop_requested:
                 self.signal_received = signal.SIGTERM
                 self._begin_stop("stop requested by flowctl stop")
+            else:
+                # A second stop escalates, as a second Ctrl-C does.
+                self.view.event("second stop request: stopping every stage "
+                                "now")
+                self._kill_all()
             return {"ok": True}
         return {"ok": False, "error": f"unknown request {kind!r}"}
 

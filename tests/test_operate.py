@@ -362,11 +362,9 @@ def test_stop_drains_and_exits_143(tmp_path, env, home, spawned):
     assert stage_processes(str(home)) == []
 
 
-def test_stop_kill_ends_run_without_draining(tmp_path, env, home, spawned):
-    out = tmp_path / "out.jsonl"
-    errors = tmp_path / "stderr.txt"
-    # The sink takes 50 ms a record and the timeouts are long, so only
-    # --kill can end this run before the guard runs out.
+def slow_run(tmp_path: Path, env: dict, spawned: list,
+             errors: Path, out: Path) -> tuple[subprocess.Popen, str]:
+    """Start a run whose sink takes 50 ms a record, with long timeouts."""
     script = tmp_path / "slow_sink.py"
     script.write_text(
         "import json, time\n"
@@ -397,6 +395,15 @@ def test_stop_kill_ends_run_without_draining(tmp_path, env, home, spawned):
     process = start_flowctl(["run", str(pipeline)], env, spawned, errors)
     run_id = wait_for_run(process, env, errors)["id"]
     wait_until(lambda: line_count(out) >= 5, timeout=HANG_GUARD)
+    return process, run_id
+
+
+def test_stop_kill_ends_run_without_draining(tmp_path, env, home, spawned):
+    out = tmp_path / "out.jsonl"
+    errors = tmp_path / "stderr.txt"
+    # The timeouts are long, so only --kill can end this run before the
+    # guard runs out.
+    process, run_id = slow_run(tmp_path, env, spawned, errors, out)
 
     stop = start_command(["stop", run_id, "--kill"], env, spawned)
     process.wait(timeout=HANG_GUARD)
@@ -719,3 +726,25 @@ def test_control_socket_is_private(tmp_path, env, spawned):
     process.wait(timeout=HANG_GUARD)
     assert process.returncode == 143, errors.read_text()
     assert not socket_path.exists()
+
+
+def test_second_stop_escalates_to_kill(tmp_path, env, home, spawned):
+    out = tmp_path / "out.jsonl"
+    errors = tmp_path / "stderr.txt"
+    process, run_id = slow_run(tmp_path, env, spawned, errors, out)
+
+    first = subprocess.run(FLOWCTL + ["stop", run_id, "--timeout", "1"],
+                           env=env, capture_output=True, text=True,
+                           timeout=HANG_GUARD)
+    assert first.returncode == 1
+    assert "is still stopping after 1s" in first.stderr
+    second = start_command(["stop", run_id], env, spawned)
+    process.wait(timeout=HANG_GUARD)
+    stdout, stderr = second.communicate(timeout=HANG_GUARD)
+
+    assert process.returncode == 143, errors.read_text()
+    assert "second stop request: stopping every stage now" in \
+        errors.read_text()
+    assert second.returncode == 0, stderr
+    assert stdout == f"run {run_id} stopped\n"
+    assert stage_processes(str(home)) == []
