@@ -308,8 +308,11 @@ def test_memory_stays_bounded_under_slow_sink(tmp_path, env, home, spawned):
         assert peaks[stage] < 150 * mib, peaks
 
 
-def test_restarted_file_sink_appends(tmp_path, env, home, spawned):
-    out = tmp_path / "out.jsonl"
+def kill_sink_mid_run(tmp_path: Path, env: dict, home: Path, spawned: list,
+                      sink: str, out: Path, count: int,
+                      lines_before_kill: int) -> str:
+    """Run generate into a restartable sink, SIGKILL the sink once `out`
+    has enough lines, and return flowctl's stderr after the run ends."""
     errors = tmp_path / "stderr.txt"
     pipeline = write_pipeline(tmp_path / "p.yaml", f"""
         apiVersion: flowctl/v1
@@ -319,18 +322,26 @@ def test_restarted_file_sink_appends(tmp_path, env, home, spawned):
                                   backoff: {{initial: 100ms}}}}}}
           sources:
             - {{id: numbers, stage: generate,
-                config: {{count: 6000, rate: 2000}}}}
+                config: {{count: {count}, rate: 2000}}}}
           sinks:
-            - {{id: out, stage: write-jsonl, config: {{path: {out}}},
+            - {{id: out, stage: {sink}, config: {{path: {out}}},
                 inputs: [numbers]}}
         """)
     process = start_flowctl(["run", str(pipeline)], env, spawned, errors)
-    wait_until(lambda: line_count(out) >= 1000, timeout=HANG_GUARD)
-    sink = next(found for found in stage_processes(str(home))
-                if found.environ().get("FLOWCTL_STAGE_ID") == "out")
-    sink.kill()
+    wait_until(lambda: line_count(out) >= lines_before_kill,
+               timeout=HANG_GUARD)
+    stage = next(found for found in stage_processes(str(home))
+                 if found.environ().get("FLOWCTL_STAGE_ID") == "out")
+    stage.kill()
     process.wait(timeout=HANG_GUARD)
     assert process.returncode == 0, errors.read_text()
+    return errors.read_text()
+
+
+def test_restarted_file_sink_appends(tmp_path, env, home, spawned):
+    out = tmp_path / "out.jsonl"
+    kill_sink_mid_run(tmp_path, env, home, spawned, "write-jsonl", out,
+                      count=6000, lines_before_kill=1000)
     seqs = [record["seq"] for record in read_jsonl(out)]
     # What was written before the kill is kept: the file starts at 0.
     assert seqs[:1000] == list(range(1000))
@@ -395,27 +406,8 @@ def test_stop_during_backoff_drains_around_stage(tmp_path, env, home,
 
 def test_restarted_csv_sink_writes_one_header(tmp_path, env, home, spawned):
     out = tmp_path / "out.csv"
-    errors = tmp_path / "stderr.txt"
-    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
-        apiVersion: flowctl/v1
-        kind: Pipeline
-        spec:
-          supervisor: {{restart: {{policy: on-failure,
-                                  backoff: {{initial: 100ms}}}}}}
-          sources:
-            - {{id: numbers, stage: generate,
-                config: {{count: 4000, rate: 2000}}}}
-          sinks:
-            - {{id: out, stage: write-csv, config: {{path: {out}}},
-                inputs: [numbers]}}
-        """)
-    process = start_flowctl(["run", str(pipeline)], env, spawned, errors)
-    wait_until(lambda: line_count(out) >= 500, timeout=HANG_GUARD)
-    sink = next(found for found in stage_processes(str(home))
-                if found.environ().get("FLOWCTL_STAGE_ID") == "out")
-    sink.kill()
-    process.wait(timeout=HANG_GUARD)
-    assert process.returncode == 0, errors.read_text()
+    kill_sink_mid_run(tmp_path, env, home, spawned, "write-csv", out,
+                      count=4000, lines_before_kill=500)
     lines = out.read_text().splitlines()
     assert lines[0] == "seq"
     seqs = [int(line) for line in lines[1:]]
