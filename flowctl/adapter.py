@@ -2,10 +2,10 @@
 
 flowctl starts this adapter as the stage process for a `command` stage
 whose codec is `lines`, `jsonl` or `csv`.  The adapter starts the
-executable as its child in the same process group, feeds it the input
-records as text on its stdin from one thread, and turns its stdout back
-into records on the main thread, which also talks to the orchestrator.
-Its stderr goes straight to the stage's log.
+executable as its child in the same process group.  One thread feeds it
+the input records as text on its stdin.  The main thread turns its stdout
+back into records and also talks to the orchestrator.  The executable's
+stderr goes straight to the stage's log.
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
         else:
             _wait_for(ctx, process)
     except OutputsClosed:
-        # Nobody reads this stage any more: end the executable quietly.
+        # No stage reads this one any more: end the executable quietly.
         process.kill()
         process.wait()
         ctx.done()

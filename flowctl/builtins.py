@@ -37,11 +37,11 @@ class Builtin:
 
 
 def module_argv(module: str) -> list[str]:
-    """Command that runs an installed flowctl module as a program.
+    """Return the command that runs an installed flowctl module.
 
     `python -m` would put the current directory first on sys.path, so a
     pipeline started from a checkout of flowctl would import the checkout
-    instead of the installed package; this drops that entry first.
+    instead of the installed package.  This command drops that entry first.
     """
     code = ("import sys, runpy; sys.path.pop(0); "
             f"runpy.run_module({module!r}, run_name='__main__', "

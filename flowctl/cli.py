@@ -57,8 +57,8 @@ def _load(file: str | None, expression: str | None
 
 
 class LazyGroup(click.Group):
-    """A command group that imports the commands for watching runs only
-    when one of them is used, so `flowctl run` starts faster."""
+    """Command group that imports the commands for watching runs only when
+    one of them is used, so `flowctl run` starts faster."""
 
     lazy_commands = ("status", "stop", "runs", "logs")
 

@@ -57,7 +57,8 @@ class RateMeter:
 
 
 def throughput_count(stage: StageProcess) -> int | None:
-    """The count that measures a stage's progress: out, or in for sinks."""
+    """Return the count that measures a stage's progress: records out, or
+    records in for sinks."""
     key = "records_in" if stage.spec.role == "sink" else "records_out"
     return stage.totals.get(key)
 

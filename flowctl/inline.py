@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from flowctl.builtins import BUILTINS
+from flowctl.builtins import BUILTINS, ROLE_SECTIONS
 from flowctl.document import Document, Problem
 from flowctl.pipeline import API_VERSION, KIND
 
@@ -116,19 +116,15 @@ def _role(entry: dict[str, Any], position: int, count: int) -> str:
 
 def parse_inline(text: str) -> Document:
     """Turn the inline form into a pipeline document."""
-    problems: list[Problem] = []
     try:
         tokens = _tokens(text)
     except ValueError as error:
-        document = Document(INLINE_FILENAME, None)
-        document.problems.append(Problem(1, f"cannot split the pipeline: "
-                                            f"{error}"))
-        return document
-    entries = []
+        return _failed(f"cannot split the pipeline: {error}")
     if not tokens:
-        document = Document(INLINE_FILENAME, None)
-        document.problems.append(Problem(1, "the pipeline is empty"))
-        return document
+        return _failed("the pipeline is empty")
+
+    problems: list[Problem] = []
+    entries = []
     for number, words in enumerate(_segments(tokens), 1):
         entry = _segment_entry(words, number, problems)
         if entry is not None:
@@ -136,36 +132,60 @@ def parse_inline(text: str) -> Document:
     document = Document(INLINE_FILENAME, None, problems=problems)
     if not entries:
         return document
-    last = entries[-1][1]
-    if not (last.get("stage") in BUILTINS
-            and BUILTINS[last["stage"]].role == "sink"):
-        name, config = DEFAULT_SINK
-        if not (len(entries) > 1 and "command" in last):
-            entries.append((len(entries) + 1,
-                            {"id": name, "stage": name, "config": dict(config)}))
-    sections: dict[str, list] = {"sources": [], "processors": [], "sinks": []}
-    seen: dict[str, int] = {}
-    previous = None
-    count = len(entries)
-    for position, (number, entry) in enumerate(entries):
-        base = entry["id"]
-        seen[base] = seen.get(base, 0) + 1
-        if seen[base] > 1:
-            entry["id"] = f"{base}-{seen[base]}"
-        role = _role(entry, position, count)
-        if previous is not None and role != "source":
-            entry["inputs"] = [previous]
-        section = {"source": "sources", "processor": "processors",
-                   "sink": "sinks"}[role]
-        index = len(sections[section])
-        sections[section].append(entry)
-        path = ("spec", section, index)
-        document.value_lines[path] = number
-        for key in entry:
-            document.value_lines[path + (key,)] = number
-        previous = entry["id"]
+
+    _add_default_sink(entries)
+    sections = _chain(entries, document)
     document.data = {"apiVersion": API_VERSION, "kind": KIND,
                      "metadata": {"name": "inline"},
                      "spec": {key: value for key, value in sections.items()
                               if value}}
     return document
+
+
+def _failed(message: str) -> Document:
+    document = Document(INLINE_FILENAME, None)
+    document.problems.append(Problem(1, message))
+    return document
+
+
+def _add_default_sink(entries: list[tuple[int, dict[str, Any]]]) -> None:
+    """Append `write-jsonl path=-` unless the last segment is a sink.
+
+    An executable as the last of several segments is a sink already: it
+    writes to flowctl's standard output itself.
+    """
+    last = entries[-1][1]
+    builtin = BUILTINS.get(last.get("stage", ""))
+    if builtin is not None and builtin.role == "sink":
+        return
+    if len(entries) > 1 and "command" in last:
+        return
+    name, config = DEFAULT_SINK
+    entries.append((len(entries) + 1,
+                    {"id": name, "stage": name, "config": dict(config)}))
+
+
+def _chain(entries: list[tuple[int, dict[str, Any]]],
+           document: Document) -> dict[str, list]:
+    """Number repeated ids, link each stage to the one before, and sort
+    the stages into sections, noting each one's segment as its line."""
+    sections: dict[str, list] = {"sources": [], "processors": [], "sinks": []}
+    seen: dict[str, int] = {}
+    previous = None
+    for position, (number, entry) in enumerate(entries):
+        base = entry["id"]
+        seen[base] = seen.get(base, 0) + 1
+        if seen[base] > 1:
+            entry["id"] = f"{base}-{seen[base]}"
+        role = _role(entry, position, len(entries))
+        if previous is not None and role != "source":
+            entry["inputs"] = [previous]
+
+        section = ROLE_SECTIONS[role]
+        path = ("spec", section, len(sections[section]))
+        sections[section].append(entry)
+        document.value_lines[path] = number
+        for key in entry:
+            document.value_lines[path + (key,)] = number
+        previous = entry["id"]
+    return sections

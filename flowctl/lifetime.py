@@ -2,7 +2,7 @@
 
 A stage must not outlive flowctl, even when flowctl dies by SIGKILL and has
 no chance to clean up.  The kernel's parent-death signal does that: the
-child asks for SIGKILL when its parent thread exits.
+child requests SIGKILL for when its parent thread exits.
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ _prctl = _libc.prctl
 def child_setup(new_process_group: bool) -> Callable[[], None]:
     """Return a `preexec_fn` that binds the child to this process.
 
-    The function is built before fork, so the child only makes two system
-    calls between fork and exec.  If the parent died before the child asked
-    for the signal, the child sees it has been re-parented and exits.
+    The function is built before fork, so the child makes only a few
+    system calls between fork and exec.  If the parent died before the
+    child requested the signal, the child finds that it has been
+    re-parented and exits.
     """
     parent = os.getpid()
 

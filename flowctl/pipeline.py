@@ -75,7 +75,7 @@ class Pipeline:
         return [stage for stage in self.stages if stage_id in stage.inputs]
 
     def writes_to_stdout(self) -> bool:
-        """Whether some stage writes to flowctl's own standard output."""
+        """Return whether some stage writes to flowctl's standard output."""
         for stage in self.stages:
             if stage.role != "sink":
                 continue

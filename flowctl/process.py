@@ -1,7 +1,7 @@
 """One stage process: how it is started, watched and stopped.
 
-The orchestrator (`flowctl.supervisor`) owns a `StageProcess` per stage.
-It creates the data pipes; this class adds the control channel and the
+The orchestrator (`flowctl.supervisor`) owns a `StageProcess` per stage
+and creates the data pipes.  This class adds the control channel and the
 stderr pipe, starts the program in its own process group, and decodes
 what the stage reports on its control channel.
 """
@@ -28,11 +28,11 @@ MAX_PENDING_STDERR = 64 * 1024
 
 
 def stage_path(path: str) -> str:
-    """PATH for stages: flowctl's own Python first.
+    """Return PATH for stages, with flowctl's own Python first.
 
     A stage written with the stage library is usually started as
-    `python3 stage.py`; putting the directory of the interpreter running
-    flowctl first makes that the Python where flowctl is installed, even
+    `python3 stage.py`.  With the directory of the interpreter running
+    flowctl first, that is the Python where flowctl is installed, even
     when its virtual environment is not activated.
     """
     own = os.path.dirname(sys.executable)
@@ -295,7 +295,8 @@ class StageProcess:
     # Lifetime
 
     def reap(self) -> int:
-        """Collect the exit status after the pidfd said the process ended."""
+        """Collect the exit status once the pidfd reports that the process
+        ended."""
         code = self.popen.wait()
         self.exit_code = code
         self.ended_at = time.time()

@@ -112,8 +112,8 @@ class FrameReader:
     """Decode frames from one file descriptor, bounding each frame's size.
 
     `read_frames()` blocks for at most one read and returns every complete
-    frame that read made available; an empty list with `eof` set means the
-    writer closed its end.
+    frame that read made available.  An empty list with `eof` set means
+    the writer closed its end.
     """
 
     def __init__(self, fd: int, peer: str,

@@ -69,7 +69,7 @@ class RunRow:
     socket: str
 
     def is_alive(self) -> bool:
-        """Whether the flowctl process of this run is still running."""
+        """Return whether the flowctl process of this run is still running."""
         try:
             process = psutil.Process(self.pid)
             if abs(process.create_time() - self.process_started) >= 1.0:

@@ -1,7 +1,7 @@
 """Restart policies: whether a stage that exited is started again, when,
 and when the run gives up.
 
-A `RestartPolicy` is what the pipeline file says (`spec.supervisor.restart`
+A `RestartPolicy` is the setting in the pipeline file (`spec.supervisor.restart`
 as the default, a stage's own `restart` block over it):
 
     policy        never | on-failure | always (default never)
@@ -54,13 +54,13 @@ class RestartTracker:
         self.recent: deque[float] = deque()
 
     def wants_restart(self, failed: bool) -> bool:
-        """Whether the policy restarts a stage that ended this way."""
+        """Return whether the policy restarts a stage that ended this way."""
         if self.policy.policy == "never":
             return False
         return failed or self.policy.policy == "always"
 
     def over_limit(self, now: float) -> bool:
-        """Whether one more restart now would exceed the intensity limit."""
+        """Return whether one more restart now would exceed the limit."""
         while self.recent and now - self.recent[0] > self.policy.window:
             self.recent.popleft()
         return len(self.recent) >= self.policy.max_restarts

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from flowctl import protocol
 
 SOCKET_NAME = "control.sock"
-# sun_path holds 108 bytes on Linux; longer paths move to a private
+# sun_path has room for 108 bytes on Linux; longer paths move to a private
 # directory under the temporary directory.
 MAX_SOCKET_PATH = 100
 CLIENT_TIMEOUT_SECONDS = 5.0

@@ -40,7 +40,8 @@ def _find(registry: Registry, prefix: str) -> RunRow:
 
 
 def _refresh(registry: Registry, run: RunRow) -> RunRow:
-    """Mark a run lost when the registry says running but flowctl is gone."""
+    """Mark a run lost when the registry lists it as running but its
+    flowctl process is gone."""
     if run.ended_at is None and not run.is_alive():
         registry.mark_lost(run)
         return registry.find_run(run.id)
@@ -48,7 +49,8 @@ def _refresh(registry: Registry, run: RunRow) -> RunRow:
 
 
 def _snapshot(registry: Registry, run: RunRow) -> dict[str, Any]:
-    """A run as `status --json` prints it: live data when it answers."""
+    """Return a run as `status --json` prints it, with live data from its
+    control socket when the run replies."""
     if run.ended_at is None:
         try:
             reply = runcontrol.request(run.socket, {"type": "status"})

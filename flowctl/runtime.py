@@ -184,7 +184,7 @@ class Outputs:
     """Batches records and writes each batch as one frame to every output.
 
     Fan-out is done here: every output pipe gets the same frames, so each
-    downstream stage sees every record.
+    downstream stage receives every record.
     """
 
     def __init__(self, fds: list[int], stats: Stats, max_frame_size: int,

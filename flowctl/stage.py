@@ -50,9 +50,9 @@ class Source:
     `open(config)` runs first with the stage's `config` mapping from the
     pipeline file; `close()` runs after the last record, also when the run
     is stopped early.  Yielding `flowctl.IDLE` emits nothing but lets the
-    library flush the current batch and answer flowctl, so a source that
-    waits for data (polling a file that grows, say) should yield IDLE while
-    it waits.  Any other value, None included, is a record.
+    library flush the current batch and handle control messages.  A source
+    that waits for data (polling a file that grows, say) should yield IDLE
+    while it waits.  Any other value, None included, is a record.
     """
 
     batched = False
@@ -76,8 +76,8 @@ class Processor:
 
     A processor may also define `process_batch(records) -> list`, which
     the library then calls once per input frame instead of `process` once
-    per record; `process` is still needed, to name the record at fault
-    when `process_batch` raises.
+    per record. `process` is still needed, because it names the record at
+    fault when `process_batch` raises.
     """
 
     process_batch: Callable[[list[Any]], list[Any]] | None = None
@@ -100,7 +100,7 @@ class Sink:
 
     Implement `write(record)`, or `write_batch(records)` for a faster path.
     `flush()` runs whenever the input is idle, at least once a second while
-    records keep coming, and at the end of the stream; after it returns,
+    records keep coming, and at the end of the stream. After it returns,
     everything written so far should be stored.
     """
 
@@ -191,7 +191,8 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
         ctx.done()
         os._exit(0)
     except OSError as error:
-        # A missing or unwritable file: the message says it all.
+        # A missing or unwritable file needs no traceback: the message
+        # names the file and the cause.
         ctx.fail(f"{type(error).__name__}: {error}")
     except Exception as error:  # noqa: BLE001 - every failure is reported
         traceback.print_exc(file=sys.stderr)

@@ -7,8 +7,9 @@ pidfd, the run's control socket, and a wake-up pipe for signals.  Records
 never pass through this process: the pipes between stages are created
 here and handed to the stages.
 
-Stopping: the first SIGINT or SIGTERM (or `flowctl stop`) asks the sources
-to stop; everything downstream drains and exits by itself.  When the
+Stopping: the first SIGINT or SIGTERM (or `flowctl stop`) sends the
+sources a stop request, and everything downstream drains and exits by
+itself.  When the
 drain timeout has passed, each stage still alive gets its stop signal, and
 SIGKILL after its own stop timeout; a second signal kills everything at
 once.
@@ -62,7 +63,7 @@ SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 @dataclass
 class Outcome:
-    """How a run ended: its exit code and, on failure, the reason."""
+    """The end of a run: its exit code and, on failure, the reason."""
 
     exit_code: int
     message: str = ""
@@ -392,19 +393,19 @@ class Run:
         return f"exited with code {code}"
 
     def _after_failure(self, stage: StageProcess, reason: str) -> None:
-        """Restart a failed stage or fail the run, as its policy says."""
+        """Restart a failed stage or fail the run, following its policy."""
         now = time.monotonic()
         tracker = self.trackers[stage.spec.id]
-        started = self._started_properly(stage)
-        if not started and not stage.ever_ready:
+        if not self._started_properly(stage) and not stage.ever_ready:
             stage.state = "failed"
             self._begin_failure(
                 f"stage '{stage.spec.id}' failed at start: {reason}; see "
                 f"{stage.log_path}")
             return
-        # Only the stage library's own report makes these codes mean that
-        # the fault is upstream; a program may exit with 3 or 4 for its
-        # own reasons.
+
+        # These codes put the fault upstream only when the stage library
+        # reported it, because a program may exit with 3 or 4 for its own
+        # reasons.
         relayed = bool(stage.error) and stage.error.get("exit_code") in (
             runtime.EXIT_UPSTREAM_FAILED, runtime.EXIT_BAD_INPUT)
         if relayed:
@@ -412,6 +413,7 @@ class Run:
             stage.state = "failed"
             self._begin_failure(self._failure_message())
             return
+
         if not tracker.wants_restart(failed=True):
             stage.state = "failed"
             self._begin_failure(self._stage_failure(stage, reason))
@@ -425,6 +427,7 @@ class Run:
                 f"max_restarts: {policy.max_restarts}; last failure: "
                 f"{reason}; see {stage.log_path}")
             return
+
         ran_for = time.time() - stage.started_at
         delay = tracker.next_delay(now, ran_for)
         stage.restarts += 1
@@ -510,7 +513,7 @@ class Run:
 
     def _retire(self, key: tuple[str, str, int], old: tuple[int, int],
                 drain: bool) -> None:
-        """Keep an old pipe until the neighbour says it has switched.
+        """Keep an old pipe until the neighbour reports that it switched.
 
         The old pipe's writer may be blocked on it, since its reader is
         gone; reading and discarding what it writes lets it reach the
@@ -660,7 +663,8 @@ class Run:
         return {"ok": False, "error": f"unknown request {kind!r}"}
 
     def status(self) -> dict[str, Any]:
-        """The run and its stages, as `flowctl status --json` shows them."""
+        """Return the run and its stages as `flowctl status --json` prints
+        them."""
         return {
             "id": self.run_id,
             "pipeline": self.pipeline.name,

@@ -2,9 +2,9 @@
 
 Each edge of the graph is one pipe from a writer stage to a reader stage.
 The orchestrator keeps a copy of both ends of every pipe for the whole
-run, for two reasons: a reader does not see end-of-file just because its
-writer died, and when a stage restarts, its neighbours can be handed fresh
-pipes (see `Graph.replace`) while the old ones are drained and closed.
+run.  So a reader does not see end-of-file just because its writer died,
+and when a stage restarts, its neighbours can be handed fresh pipes (see
+`Graph.replace`) while the old ones are drained and closed.
 """
 
 from __future__ import annotations
@@ -59,7 +59,8 @@ class Edge:
     write_fd: int
 
     def is_full(self) -> bool:
-        """Whether the reader is behind: the writer may be blocked on it."""
+        """Return whether the reader is behind, so the writer may be blocked
+        on it."""
         try:
             return queued_bytes(self.read_fd) * 2 >= pipe_capacity(
                 self.read_fd)

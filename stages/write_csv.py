@@ -2,7 +2,7 @@
 
 The columns are `columns` from the config, or else the keys of the first
 record; keys of later records that are not columns are left out, and the
-stage says so once on stderr.  Lines end with a line feed.  After a
+stage names them once on stderr.  Lines end with a line feed.  After a
 restart the stage appends to its file without writing the header again.
 """
 

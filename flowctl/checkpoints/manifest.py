@@ -1,4 +1,4 @@
-"""The manifest: what one checkpoint holds and how to check it.
+"""The manifest: the contents of one checkpoint and how to check them.
 
 A manifest is a JSON document stored last, after every part it lists, so
 a checkpoint without a manifest is partial and never taken for a whole
@@ -38,7 +38,7 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     parts: dict[str, Part] = field(default_factory=dict)
     # Per stage: a fingerprint of its definition, so a resumed pipeline
-    # whose stage changed is caught, and what the stage said of its state.
+    # whose stage changed is caught, and what the stage reported about its state.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:

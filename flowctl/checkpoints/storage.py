@@ -34,7 +34,7 @@ class CheckpointInfo:
 
 
 class CheckpointStorage(Protocol):
-    """What every backend (local, Redis, etcd) provides."""
+    """The operations every backend (local, Redis, etcd) provides."""
 
     location: str
 
@@ -48,7 +48,7 @@ class CheckpointStorage(Protocol):
         """Return a part's bytes exactly as stored."""
 
     def list_checkpoints(self) -> list[CheckpointInfo]:
-        """Every checkpoint, complete or partial, oldest first."""
+        """Return every checkpoint, complete or partial, oldest first."""
 
     def delete(self, checkpoint_id: str) -> None:
         """Remove a checkpoint and all its parts."""

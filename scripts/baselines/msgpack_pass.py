@@ -32,7 +32,7 @@ def enlarge_stdout_pipe() -> None:
 
 
 def transform(record: object) -> object:
-    """The map of the benchmark, `r`: the record itself."""
+    """Return the record itself: the benchmark's map, `r`."""
     return record
 
 

@@ -3,7 +3,7 @@
 Each incarnation passes AFTER records on, then misbehaves while the count
 in STATE_FILE is below CRASHES: MODE "exit" exits with code 1, "kill"
 sends itself SIGKILL, "hang" sleeps for an hour without reading, writing
-or answering flowctl, and "exit0" exits with code 0 in mid-stream.  The
+or sending control messages, and "exit0" exits with code 0 in mid-stream.  The
 count survives restarts, so a run sees exactly CRASHES of them.
 """
 
