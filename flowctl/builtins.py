@@ -86,6 +86,9 @@ BUILTINS: dict[str, Builtin] = {b.name: b for b in [
             "replace each record by a Python expression over r",
             {"expr": Param(str, True, "Python expression over the record r; "
                                       "None drops the record")}),
+    Builtin("count-by", "processor", "count_by",
+            "count records per value of a field, emitted at the end",
+            {"key": Param(str, True, "the field whose values are counted")}),
     Builtin("write-jsonl", "sink", "write_jsonl",
             "write each record as one JSON line",
             {"path": Param(str, True, OUT_PATH_HELP)}),

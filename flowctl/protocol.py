@@ -57,6 +57,10 @@ def end_frame() -> bytes:
     return pack([END])
 
 
+def barrier_frame(checkpoint_id: int) -> bytes:
+    return pack([BARRIER, {"id": checkpoint_id}])
+
+
 def error_frame(stage_id: str, message: str) -> bytes:
     return pack([ERROR, {"stage": stage_id, "message": message}])
 

@@ -16,6 +16,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+import msgpack
+
 from flowctl import protocol
 
 # Environment variables set by the orchestrator for every stage process.
@@ -32,6 +34,8 @@ ENV_FLUSH_INTERVAL = "FLOWCTL_FLUSH_INTERVAL"
 ENV_STDOUT_FD = "FLOWCTL_STDOUT_FD"
 ENV_STDIN_FD = "FLOWCTL_STDIN_FD"
 ENV_RESTARTS = "FLOWCTL_RESTARTS"
+ENV_CHECKPOINTS = "FLOWCTL_CHECKPOINTS"
+ENV_RESTORE = "FLOWCTL_RESTORE"
 
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_FLUSH_INTERVAL = 0.05
@@ -74,6 +78,15 @@ class BadInput(Exception):
         self.stage = stage
 
 
+def _load_restore(path: str | None) -> dict[str, Any] | None:
+    """Read what the orchestrator saved for this stage to resume from."""
+    if not path:
+        return None
+    with open(path, "rb") as file:
+        data = msgpack.unpackb(file.read(), raw=False)
+    return data if isinstance(data, dict) else None
+
+
 def _fd_list(name: str) -> list[int]:
     value = os.environ.get(name, "")
     return [int(part) for part in value.split(",") if part != ""]
@@ -106,6 +119,9 @@ class Control:
     Messages are frames holding a map with a "type" key.  The orchestrator
     sends "stop" to a source, and "rewire_input" or "rewire_output" with a
     new pipe attached (SCM_RIGHTS) when a neighbouring stage was restarted.
+    With checkpointing on, it sends "barrier" to a source (start checkpoint
+    `id`), "commit" to a sink (checkpoint `id` is complete), and "release"
+    to a sink waiting at the end of its stream without a final checkpoint.
     Without a control channel (a stage started by hand) every method is a
     no-op, so a stage program also runs and tests outside flowctl.
     """
@@ -115,6 +131,9 @@ class Control:
         self.stage_id = stage_id
         self.stop_requested = False
         self.on_rewire: Callable[[str, int, int], None] | None = None
+        self.on_commit: Callable[[dict[str, Any]], None] | None = None
+        self.barriers: deque[int] = deque()
+        self.released = False
         self._socket = None
         self._reader = None
         self._fds: deque[int] = deque()
@@ -138,7 +157,7 @@ class Control:
     def hello(self, role: str) -> None:
         self.send({"type": "hello", "stage": self.stage_id, "pid": os.getpid(),
                    "role": role, "version": protocol.VERSION,
-                   "features": ["rewire"]})
+                   "features": ["rewire", "checkpoint"]})
 
     def poll(self, timeout: float = 0.0) -> None:
         """Read and apply any pending orchestrator messages."""
@@ -172,6 +191,13 @@ class Control:
         kind = message.get("type")
         if kind == "stop":
             self.stop_requested = True
+        elif kind == "barrier":
+            self.barriers.append(int(message.get("id", 0)))
+        elif kind == "commit":
+            if self.on_commit is not None:
+                self.on_commit(message)
+        elif kind == "release":
+            self.released = True
         elif kind in ("rewire_input", "rewire_output") and self._fds:
             fd = self._fds.popleft()
             if self.on_rewire is None:
@@ -269,6 +295,12 @@ class Inputs:
     input has ended.  Before it blocks it calls `on_idle`, which is where
     the caller flushes its output batch, and while it waits it calls
     `on_idle` again every heartbeat interval.
+
+    Barriers are aligned: once an input has delivered barrier N, nothing
+    more is read from it until every input still open has delivered N too;
+    only then is the barrier returned, once.  Records that arrive after a
+    barrier on one input therefore wait, in its pipe, until the checkpoint
+    has passed.
     """
 
     def __init__(self, fds: list[int], peers: list[str], stats: Stats,
@@ -282,6 +314,8 @@ class Inputs:
         self.pending: list[deque[Any]] = [deque() for _ in fds]
         self.greeted = [False] * len(fds)
         self.ended = [False] * len(fds)
+        # The barrier id each input stopped at, or None while it flows.
+        self.held: list[int | None] = [None] * len(fds)
         self._next = 0
         self.max_frame_size = max_frame_size
         # (index, fd) pairs from the control channel, applied by the thread
@@ -312,6 +346,9 @@ class Inputs:
             found = self._take_pending()
             if found is not None:
                 return found
+            barrier = self._aligned_barrier()
+            if barrier is not None:
+                return barrier
             if self.open_count == 0:
                 return None
             self._wait(on_idle)
@@ -321,7 +358,7 @@ class Inputs:
         for step in range(count):
             index = (self._next + step) % count
             queue = self.pending[index]
-            while queue:
+            while queue and self.held[index] is None:
                 frame = queue.popleft()
                 result = self._accept(index, frame)
                 if result is not None:
@@ -356,7 +393,9 @@ class Inputs:
             self.ended[index] = True
             return None
         if kind == protocol.BARRIER:
-            return index, frame
+            info = frame[1] if len(frame) > 1 and isinstance(frame[1], dict) else {}
+            self.held[index] = int(info.get("id", 0))
+            return None
         if kind == protocol.ERROR:
             info = frame[1] if len(frame) > 1 and isinstance(frame[1], dict) else {}
             raise UpstreamFailed(str(info.get("stage", peer)),
@@ -364,9 +403,20 @@ class Inputs:
         raise BadInput(peer, f"stage '{peer}' sent an unknown frame type "
                              f"{kind!r}")
 
+    def _aligned_barrier(self) -> tuple[int, Any] | None:
+        """Return the barrier every open input has delivered, if any."""
+        held = [self.held[index] for index in range(len(self.held))
+                if not self.ended[index]]
+        if not held or None in held:
+            return None
+        checkpoint_id = max(held)
+        self.held = [None] * len(self.held)
+        return 0, [protocol.BARRIER, {"id": checkpoint_id}]
+
     def _wait(self, on_idle: Callable[[], None]) -> None:
         watched = {reader.fd: index for index, reader in enumerate(self.readers)
-                   if not self.ended[index] and not reader.eof}
+                   if not self.ended[index] and not reader.eof
+                   and self.held[index] is None}
         control_fd = self.control.fd
         fds = list(watched)
         if control_fd is not None:
@@ -414,6 +464,10 @@ class Context:
         self.flush_interval = float(env.get(ENV_FLUSH_INTERVAL)
                                     or DEFAULT_FLUSH_INTERVAL)
         self.managed = ENV_CONTROL_FD in env
+        # With checkpointing on, sinks commit only when told to, and every
+        # stage reports its state at each barrier and at the end.
+        self.checkpointing = env.get(ENV_CHECKPOINTS) == "1"
+        self.restore = _load_restore(env.get(ENV_RESTORE))
         control_fd = env.get(ENV_CONTROL_FD)
         self.control = Control(int(control_fd) if control_fd else None,
                                self.stage_id)
@@ -467,6 +521,18 @@ class Context:
     def _on_input_rewired(self, index: int) -> None:
         self.control.send({"type": "rewired", "direction": "input",
                            "index": index})
+
+    @property
+    def restored_finished(self) -> bool:
+        """Whether the stage resumes from a checkpoint taken after its end."""
+        return bool(self.restore and self.restore.get("finished"))
+
+    def report_checkpoint(self, checkpoint_id: int | None, state: bytes | None,
+                          info: dict[str, Any], final: bool = False) -> None:
+        """Send the orchestrator this stage's part of a checkpoint."""
+        self.control.send({"type": "checkpoint", "id": checkpoint_id,
+                           "final": final, "state": state, "info": info,
+                           **self.stats.as_dict()})
 
     def ready(self) -> None:
         """Tell flowctl the stage opened its resources and is running."""

@@ -28,7 +28,7 @@ import time
 import traceback
 from typing import Any, Callable, Iterable, Iterator
 
-from flowctl import protocol
+from flowctl import faults, protocol
 from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
                              Context, OutputsClosed, UpstreamFailed)
 
@@ -119,6 +119,65 @@ class Sink:
 
     def close(self) -> None:
         """Release what `open` acquired."""
+
+
+class Checkpointable:
+    """A stage with state that checkpoints save and a resumed run restores.
+
+    Mix it into a Source, Processor or Sink.  A stage without it is
+    stateless: after a recovery it starts as it did the first time.
+
+    For a source, the state is its position: the records produced so far
+    must be exactly those before that position.  For a processor, it is
+    what it keeps between records.  A sink uses it for two-phase commit:
+
+    - `save_checkpoint()` prepares: everything written so far becomes
+      durable but stays invisible, and the bytes returned say how to
+      commit it;
+    - `commit_checkpoint(data)` runs once the checkpoint is complete,
+      with the bytes `save_checkpoint()` returned for it, and makes that
+      data visible;
+    - `restore_checkpoint(data)` runs when a run resumes from the
+      checkpoint: it must commit what `data` describes if that has not
+      happened yet, and drop whatever was written after it.
+
+    Commits may be skipped (a checkpoint that could not be stored is never
+    committed); the next commit's data must then cover the earlier data
+    too.  With checkpointing off, sinks are never asked to save.
+    """
+
+    def save_checkpoint(self) -> bytes:
+        """Return this stage's state as bytes (never pickle)."""
+        return b""
+
+    def restore_checkpoint(self, data: bytes) -> None:
+        """Take up the state `save_checkpoint` returned."""
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        """Describe the saved state for `flowctl checkpoint show`."""
+        return {}
+
+    def commit_checkpoint(self, data: bytes) -> None:
+        """Sinks: make visible what the save that returned `data` prepared."""
+
+
+def _save(ctx: Context, stage: Any, checkpoint_id: int | None,
+          final: bool = False) -> bytes | None:
+    """Save a stage's state and report it to the orchestrator."""
+    state = info = None
+    if isinstance(stage, Checkpointable):
+        state = stage.save_checkpoint()
+        info = stage.checkpoint_info()
+    faults.hit("save", ctx.stage_id)
+    ctx.report_checkpoint(checkpoint_id, state, info or {}, final)
+    return state
+
+
+def _restore(ctx: Context, stage: Any) -> None:
+    restore = ctx.restore
+    if (restore is not None and restore.get("state") is not None
+            and isinstance(stage, Checkpointable)):
+        stage.restore_checkpoint(restore["state"])
 
 
 _NOTHING = object()
@@ -230,13 +289,14 @@ def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]],
 
 def _source_loop(ctx: Context, source: Source) -> None:
     source.open(ctx.config)
+    _restore(ctx, source)
     ctx.ready()
     outputs = ctx.outputs
     control = ctx.control
     batch_size = outputs.limit
     interval = ctx.flush_interval
     monotonic = time.monotonic
-    generator = source.records()
+    generator = iter(()) if ctx.restored_finished else source.records()
     buffer = outputs.buffer
     last_flush = monotonic()
     add = list.extend if source.batched else list.append
@@ -252,6 +312,8 @@ def _source_loop(ctx: Context, source: Source) -> None:
             batch_size = outputs.limit
             last_flush = monotonic()
             control.poll()
+            while control.barriers:
+                _pass_barrier(ctx, source, control.barriers.popleft())
             ctx.report_stats()
             if control.stop_requested:
                 break
@@ -259,8 +321,20 @@ def _source_loop(ctx: Context, source: Source) -> None:
         close = getattr(generator, "close", None)
         if close is not None:
             close()
+    outputs.flush()
+    if ctx.checkpointing and not control.stop_requested:
+        # The end of the data: this state is the source's final one.
+        _save(ctx, source, None, final=True)
     source.close()
     ctx.finish()
+
+
+def _pass_barrier(ctx: Context, stage: Any, checkpoint_id: int) -> None:
+    """Save at a barrier and send it on: the outputs hold, before the
+    barrier, exactly the records this state has produced."""
+    ctx.outputs.flush()
+    _save(ctx, stage, checkpoint_id)
+    ctx.outputs.write_frame(protocol.barrier_frame(checkpoint_id))
 
 
 def run_processor(processor: Processor | Callable[[Any], Any]) -> None:
@@ -291,6 +365,7 @@ def _find_failing_record(function: Callable[[Any], Any], records: list[Any],
 
 def _processor_loop(ctx: Context, processor: Processor) -> None:
     processor.open(ctx.config)
+    _restore(ctx, processor)
     ctx.ready()
     outputs = ctx.outputs
     interval = ctx.flush_interval
@@ -307,9 +382,8 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
         if item is None:
             break
         frame = item[1]
-        if frame[0] != protocol.BATCH:
-            outputs.flush()
-            outputs.write_frame(protocol.pack(frame))
+        if frame[0] == protocol.BARRIER:
+            _pass_barrier(ctx, processor, frame[1]["id"])
             continue
         buffer = outputs.buffer
         record = None
@@ -342,9 +416,14 @@ def _processor_loop(ctx: Context, processor: Processor) -> None:
                 or time.monotonic() - outputs.last_flush >= interval):
             outputs.flush()
         ctx.report_stats()
-    final = processor.finish()
+    # A processor resumed from its final state has emitted its final
+    # records already.
+    final = None if ctx.restored_finished else processor.finish()
     if final is not None:
         outputs.buffer.extend(final)
+    if ctx.checkpointing:
+        outputs.flush()
+        _save(ctx, processor, None, final=True)
     processor.close()
     ctx.finish()
 
@@ -359,8 +438,27 @@ def run_sink(sink: Sink | Callable[[Any], Any]) -> None:
 
 def _sink_loop(ctx: Context, sink: Sink) -> None:
     sink.open(ctx.config)
+    _restore(ctx, sink)
     ctx.ready()
     last_flush = time.monotonic()
+    # What save_checkpoint returned, by checkpoint id, until committed.
+    prepared: dict[Any, bytes | None] = {}
+
+    def on_commit(message: dict[str, Any]) -> None:
+        key = "final" if message.get("final") else message.get("id")
+        data = prepared.pop(key, None)
+        if not isinstance(key, int):
+            prepared.clear()
+        else:
+            for older in [k for k in prepared
+                          if isinstance(k, int) and k < key]:
+                del prepared[older]
+        faults.hit("prepared", ctx.stage_id)
+        if isinstance(sink, Checkpointable) and data is not None:
+            sink.commit_checkpoint(data)
+        ctx.control.send({"type": "committed", "id": message.get("id")})
+
+    ctx.control.on_commit = on_commit
 
     def on_idle() -> None:
         nonlocal last_flush
@@ -379,7 +477,20 @@ def _sink_loop(ctx: Context, sink: Sink) -> None:
                 on_idle()
             else:
                 ctx.report_stats()
+        elif frame[0] == protocol.BARRIER:
+            sink.flush()
+            checkpoint_id = frame[1]["id"]
+            prepared[checkpoint_id] = _save(ctx, sink, checkpoint_id)
     sink.flush()
+    if ctx.checkpointing:
+        # Only a checkpoint commits: the final one, once it is stored, or
+        # none when the run is stopping (a resumed run goes on from the
+        # last checkpoint).
+        prepared["final"] = _save(ctx, sink, None, final=True)
+        control = ctx.control
+        while prepared.get("final", _NOTHING) is not _NOTHING \
+                and not control.released and control.fd is not None:
+            control.poll(1.0)
     sink.close()
     ctx.finish()
 

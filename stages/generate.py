@@ -6,12 +6,14 @@ import itertools
 import time
 from typing import Any, Iterator
 
-from flowctl.stage import IDLE, Source, run
+import msgpack
+
+from flowctl.stage import IDLE, Checkpointable, Source, run
 
 BATCH = 1024
 
 
-class Generate(Source):
+class Generate(Source, Checkpointable):
     # Lists of records: building a list per batch costs far less than a
     # step of the stage library per record.
     batched = True
@@ -21,34 +23,49 @@ class Generate(Source):
         self.rate = config.get("rate")
         size = config.get("payload")
         self.payload = "x" * size if size else None
+        # The next sequence number: what a checkpoint saves.
+        self.next_seq = 0
+
+    def save_checkpoint(self) -> bytes:
+        return msgpack.packb({"next_seq": self.next_seq})
+
+    def restore_checkpoint(self, data: bytes) -> None:
+        self.next_seq = int(msgpack.unpackb(data)["next_seq"])
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        return {"next_seq": self.next_seq}
 
     def records(self) -> Iterator[Any]:
         if self.rate is None and self.payload is None:
             yield from self._fast()
             return
         started = time.monotonic()
-        numbers = (range(self.count) if self.count is not None
-                   else itertools.count())
+        first = self.next_seq
+        numbers = (range(first, self.count) if self.count is not None
+                   else itertools.count(first))
         for seq in numbers:
             if self.rate:
-                delay = started + seq / self.rate - time.monotonic()
+                delay = started + (seq - first) / self.rate - time.monotonic()
                 if delay > 0:
                     # IDLE first, so the batch so far goes out before the
                     # pause instead of after it.
                     yield IDLE
                     time.sleep(delay)
+            self.next_seq = seq + 1
             if self.payload is None:
                 yield [{"seq": seq}]
             else:
                 yield [{"seq": seq, "data": self.payload}]
 
     def _fast(self) -> Iterator[list[dict[str, int]]]:
-        starts = (range(0, self.count, BATCH) if self.count is not None
-                  else itertools.count(0, BATCH))
+        first = self.next_seq
+        starts = (range(first, self.count, BATCH) if self.count is not None
+                  else itertools.count(first, BATCH))
         for start in starts:
             end = start + BATCH
             if self.count is not None:
                 end = min(end, self.count)
+            self.next_seq = end
             yield [{"seq": seq} for seq in range(start, end)]
 
 

@@ -12,8 +12,8 @@ import csv
 import re
 from typing import Any, Iterator
 
-from flowctl.stage import run_source
-from flowctl.stages._common import open_input
+from flowctl.stage import run
+from flowctl.stages._common import FileSource
 
 
 NUMBER_START = frozenset("0123456789+-.")
@@ -37,17 +37,39 @@ def convert(value: str, nulls: frozenset[str]) -> Any:
     return value
 
 
-def read_csv(config: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    auto = config.get("types", "text") == "auto"
-    delimiter = config.get("delimiter", ",")
-    nulls = frozenset(config.get("nulls", [""]))
-    with open_input(config["path"], newline="") as file:
-        for row in csv.DictReader(file, delimiter=delimiter):
+class ReadCsv(FileSource):
+    """Rows as mappings; the header is saved with the offset, so a resumed
+    run starts in the middle of the file with the same keys."""
+
+    def open(self, config: dict[str, Any]) -> None:
+        super().open(config)
+        self.auto = config.get("types", "text") == "auto"
+        self.delimiter = config.get("delimiter", ",")
+        self.nulls = frozenset(config.get("nulls", [""]))
+        self.header: list[str] | None = None
+
+    def extra_state(self) -> Any:
+        return self.header
+
+    def restore_extra(self, extra: Any) -> None:
+        self.header = extra
+
+    def _text_lines(self) -> Iterator[str]:
+        for line in self.lines():
+            yield line.decode("utf-8", "replace")
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        reader = csv.DictReader(self._text_lines(), fieldnames=self.header,
+                                delimiter=self.delimiter)
+        auto, nulls = self.auto, self.nulls
+        for row in reader:
+            self.header = reader.fieldnames
+            self.records_read += 1
             if auto:
-                row = {key: convert(value, nulls) if isinstance(value, str) else value
-                       for key, value in row.items()}
+                row = {key: convert(value, nulls) if isinstance(value, str)
+                       else value for key, value in row.items()}
             yield row
 
 
 if __name__ == "__main__":
-    run_source(read_csv)
+    run(ReadCsv())

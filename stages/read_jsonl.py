@@ -5,23 +5,24 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from flowctl.stage import run_source
-from flowctl.stages._common import open_input
+from flowctl.stage import run
+from flowctl.stages._common import FileSource
 
 
-def read_jsonl(config: dict[str, Any]) -> Iterator[Any]:
-    path = config["path"]
-    loads = json.loads
-    with open_input(path) as file:
-        for number, line in enumerate(file, 1):
+class ReadJsonl(FileSource):
+    def records(self) -> Iterator[Any]:
+        loads = json.loads
+        for line in self.lines():
             if not line.strip():
                 continue
             try:
-                yield loads(line)
+                record = loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON: "
-                                 f"{error.msg}") from None
+                raise ValueError(f"{self.path}:{self.lines_read}: invalid "
+                                 f"JSON: {error.msg}") from None
+            self.records_read += 1
+            yield record
 
 
 if __name__ == "__main__":
-    run_source(read_jsonl)
+    run(ReadJsonl())

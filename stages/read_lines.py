@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
-from flowctl.stage import run_source
-from flowctl.stages._common import open_input
+from flowctl.stage import run
+from flowctl.stages._common import FileSource
 
 
-def read_lines(config: dict[str, Any]) -> Iterator[dict[str, str]]:
-    with open_input(config["path"]) as file:
-        for line in file:
-            yield {"line": line[:-1] if line.endswith("\n") else line}
+class ReadLines(FileSource):
+    def records(self) -> Iterator[dict[str, str]]:
+        for line in self.lines():
+            self.records_read += 1
+            text = line.decode("utf-8", "replace")
+            if text.endswith("\n"):
+                text = text[:-2] if text.endswith("\r\n") else text[:-1]
+            yield {"line": text}
 
 
 if __name__ == "__main__":
-    run_source(read_lines)
+    run(ReadLines())
