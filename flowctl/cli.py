@@ -7,6 +7,7 @@ Exit codes: 0 done, 1 the run failed, 2 usage or pipeline-file error,
 from __future__ import annotations
 
 import os
+import dataclasses
 import sys
 
 import click
@@ -107,9 +108,18 @@ def main() -> None:
 @click.option("--metrics-port", type=click.IntRange(0, 65535),
               metavar="PORT",
               help="Serve Prometheus metrics on 127.0.0.1:PORT.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False),
+              metavar="DIR",
+              help="Take checkpoints into DIR (turns checkpointing on, with "
+                   "the defaults for what the file does not set).")
+@click.option("--resume", is_flag=True,
+              help="Resume from the newest valid checkpoint.")
+@click.option("--from", "from_id", metavar="ID",
+              help="Resume from checkpoint ID (see flowctl checkpoint list).")
 def run(file: str | None, expression: str | None, home: str | None,
-        live: bool | None, log_format: str,
-        metrics_port: int | None) -> None:
+        live: bool | None, log_format: str, metrics_port: int | None,
+        checkpoint_dir: str | None, resume: bool,
+        from_id: str | None) -> None:
     """Run a pipeline until its sources end, or until Ctrl-C.
 
     Ctrl-C (or SIGTERM) stops the sources and lets the records in flight
@@ -122,6 +132,8 @@ def run(file: str | None, expression: str | None, home: str | None,
       flowctl run -e 'read-lines path=/var/log/dpkg.log
                       | exec grep " install " | write-jsonl path=-'
       flowctl run -e 'generate count=1000000 | discard'
+      flowctl run pipeline.yaml --checkpoint-dir ./checkpoints
+      flowctl run pipeline.yaml --resume
     """
     if (file is None) == (expression is None):
         raise click.UsageError("give a pipeline FILE or -e PIPELINE, not "
@@ -132,8 +144,11 @@ def run(file: str | None, expression: str | None, home: str | None,
         sys.exit(EXIT_USAGE)
     run_id = new_run_id()
     view = _make_view(pipeline, run_id, live, log_format)
+    checkpoints = _checkpoints(pipeline, run_id, view, checkpoint_dir,
+                               resume, from_id)
     try:
-        runner = Run(pipeline, resolve_home(home), run_id, view)
+        runner = Run(pipeline, resolve_home(home), run_id, view,
+                     checkpoints=checkpoints)
     except OSError as error:
         click.echo(f"flowctl: cannot use the state directory "
                    f"{resolve_home(home)}: {error.strerror}; set --home or "
@@ -156,6 +171,62 @@ def run(file: str | None, expression: str | None, home: str | None,
     if outcome.message:
         view.error(outcome.message)
     sys.exit(outcome.exit_code)
+
+
+def _checkpoints(pipeline: Pipeline, run_id: str, view: View,
+                 directory: str | None, resume: bool, from_id: str | None):
+    """Set up checkpointing for a run; exit 2 if it cannot resume."""
+    config = pipeline.checkpoint
+    if directory is not None:
+        config.enabled = True
+        config.directory = directory
+    if not config.enabled:
+        if resume or from_id:
+            raise click.UsageError(
+                "--resume and --from need checkpointing: add a checkpoint "
+                "section to the pipeline file or give --checkpoint-dir DIR")
+        return None
+    if config.recovery.mode == "auto":
+        # A failed stage is recovered from the last checkpoint unless the
+        # file sets a restart policy.
+        for spec in pipeline.stages:
+            if spec.restart.policy == "":
+                spec.restart = dataclasses.replace(spec.restart,
+                                                   policy="on-failure")
+    from flowctl.checkpoints.coordinator import Coordinator
+    from flowctl.checkpoints.local import LocalStorage
+    from flowctl.checkpoints.recovery import (RecoveryError, RestorePlan,
+                                              plan_resume)
+
+    storage = LocalStorage(config.directory)
+    if resume or from_id:
+        try:
+            plan = plan_resume(storage, config, pipeline,
+                               lambda message: view.event(message), from_id)
+        except RecoveryError as error:
+            click.echo(f"flowctl: cannot resume: {error}", err=True)
+            sys.exit(EXIT_USAGE)
+    else:
+        plan = RestorePlan()
+        _mention_earlier_checkpoints(storage, pipeline, view)
+    return Coordinator(config, storage, pipeline, run_id,
+                       last=plan.manifest), plan
+
+
+def _mention_earlier_checkpoints(storage, pipeline: Pipeline,
+                                 view: View) -> None:
+    from flowctl.checkpoints.storage import StorageError
+
+    try:
+        found = [info for info in storage.list_checkpoints()
+                 if info.manifest is not None
+                 and info.manifest.pipeline == pipeline.name]
+    except StorageError:
+        return
+    if found:
+        view.event(f"starting from the beginning; {storage.location} holds "
+                   f"checkpoint {found[-1].id} of an earlier run, which "
+                   f"--resume would continue from")
 
 
 def _make_view(pipeline: Pipeline, run_id: str, live: bool | None,

@@ -10,7 +10,8 @@ Points in a stage: `save` (after the stage computed its state, before it
 reported it), `prepared` (a sink that prepared a checkpoint, before it
 commits it), `commit` (a sink halfway through a commit).  Points in the
 orchestrator: `parts` (some parts of a checkpoint written, not all),
-`manifest` (every part written, the manifest halfway written), `published`
+`manifest` (every part written, the manifest written to its temporary
+file but not renamed into place), `published`
 (the manifest stored, before any sink was told to commit).
 
 Hooks fire only in a stage's first incarnation, so that a pipeline

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flowctl import protocol, runtime
+from flowctl.checkpoints.config import CheckpointConfig
 from flowctl.restarts import RestartPolicy
 
 API_VERSION = "flowctl/v1"
@@ -64,6 +65,7 @@ class Pipeline:
     flush_interval: float = runtime.DEFAULT_FLUSH_INTERVAL
     # How long the stages may drain after Ctrl-C before they are stopped.
     drain_timeout: float = DEFAULT_STOP_TIMEOUT
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def stage(self, stage_id: str) -> StageSpec:
         for stage in self.stages:

@@ -90,6 +90,10 @@ class StageProcess:
         self.error: dict[str, Any] | None = None
         self.greeted = False
         self.can_rewire = False
+        self.can_checkpoint = False
+        # Set by the checkpoint driver before each start.
+        self.checkpointing = False
+        self.restore_path: str | None = None
         self.ready = False
         self.done = False
         self.started_at = 0.0
@@ -133,6 +137,10 @@ class StageProcess:
             runtime.ENV_STDIN_FD: str(self.stdin_fd),
             runtime.ENV_RESTARTS: str(self.restarts),
         })
+        if self.checkpointing:
+            env[runtime.ENV_CHECKPOINTS] = "1"
+        if self.restore_path is not None:
+            env[runtime.ENV_RESTORE] = self.restore_path
         if spec.command is not None and spec.codec in codecs.TEXT_CODECS:
             env[adapter.ENV_COMMAND] = json.dumps(spec.command)
             env[adapter.ENV_CODEC] = spec.codec
@@ -151,6 +159,7 @@ class StageProcess:
         self.stats = {}
         self.error = None
         self.greeted = self.ready = self.done = self.can_rewire = False
+        self.can_checkpoint = False
         self.exit_code = None
         self.unresponsive = False
         self.kill_at = None
@@ -211,8 +220,9 @@ class StageProcess:
             if kind == "hello":
                 self.greeted = True
                 features = message.get("features")
-                self.can_rewire = (isinstance(features, list)
-                                   and "rewire" in features)
+                features = features if isinstance(features, list) else []
+                self.can_rewire = "rewire" in features
+                self.can_checkpoint = "checkpoint" in features
             elif kind == "ready":
                 self.ready = self.ever_ready = True
             elif kind in ("stats", "done"):

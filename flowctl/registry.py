@@ -8,6 +8,7 @@ while a run writes; each write is its own short transaction.
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS runs (
     exit_code INTEGER,
     message TEXT NOT NULL DEFAULT '',
     directory TEXT NOT NULL,
-    socket TEXT NOT NULL
+    socket TEXT NOT NULL,
+    checkpoint TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS stages (
     run_id TEXT NOT NULL REFERENCES runs(id),
@@ -67,6 +69,8 @@ class RunRow:
     message: str
     directory: str
     socket: str
+    # JSON: the run's newest checkpoint, as `flowctl status` shows it.
+    checkpoint: str = ""
 
     def is_alive(self) -> bool:
         """Return whether the flowctl process of this run is still running."""
@@ -91,6 +95,12 @@ class Registry:
                                           isolation_level=None)
         self.connection.execute("PRAGMA journal_mode=WAL")
         self.connection.executescript(SCHEMA)
+        columns = [row[1] for row in self.connection.execute(
+            "PRAGMA table_info(runs)")]
+        if "checkpoint" not in columns:
+            # A registry written by an earlier flowctl.
+            self.connection.execute("ALTER TABLE runs ADD COLUMN checkpoint "
+                                    "TEXT NOT NULL DEFAULT ''")
         os.chmod(self.path, 0o600)
 
     def close(self) -> None:
@@ -126,6 +136,10 @@ class Registry:
                 " records_out = :records_out, last_error = :last_error"
                 " WHERE run_id = :run_id AND id = :id",
                 [{**row, "run_id": run_id} for row in rows])
+
+    def set_checkpoint(self, run_id: str, status: dict[str, Any]) -> None:
+        self.connection.execute("UPDATE runs SET checkpoint = ? WHERE id = ?",
+                                (json.dumps(status), run_id))
 
     def finish_run(self, run_id: str, state: str, exit_code: int,
                    message: str) -> None:

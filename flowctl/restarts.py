@@ -4,7 +4,8 @@ and when the run gives up.
 A `RestartPolicy` is the setting in the pipeline file (`spec.supervisor.restart`
 as the default, a stage's own `restart` block over it):
 
-    policy        never | on-failure | always (default never)
+    policy        never | on-failure | always (default never, but
+                  on-failure when checkpointing recovers automatically)
                   on-failure restarts a stage that exited with a code
                   outside its success_exit_codes, was killed by a signal,
                   or stopped answering; always also restarts a stage that
@@ -33,7 +34,9 @@ POLICIES = ("never", "on-failure", "always")
 class RestartPolicy:
     """The restart settings of one stage, with their defaults."""
 
-    policy: str = "never"
+    # "" when the pipeline file does not set it: never, or on-failure
+    # with checkpoint recovery in auto mode.
+    policy: str = ""
     initial: float = 1.0
     max: float = 30.0
     multiplier: float = 2.0
@@ -55,7 +58,7 @@ class RestartTracker:
 
     def wants_restart(self, failed: bool) -> bool:
         """Return whether the policy restarts a stage that ended this way."""
-        if self.policy.policy == "never":
+        if self.policy.policy in ("never", ""):
             return False
         return failed or self.policy.policy == "always"
 

@@ -23,6 +23,10 @@ checkpointing, a restart gives at-most-once delivery for the records in
 flight at that moment.  A restarted source starts its stream again.
 When the policy says no, or the restart limit is reached, the run fails:
 the other stages get their stop signals and the run exits with code 1.
+
+With checkpointing on, a failed stage is not wired back alone: every stage
+is stopped and started again from the newest complete checkpoint
+(`flowctl.checkpoints.driver`), so no record is lost or repeated.
 """
 
 from __future__ import annotations
@@ -43,9 +47,13 @@ from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
 from flowctl.restarts import RestartTracker
 from flowctl.runcontrol import ControlServer
+from flowctl.checkpoints.storage import StorageError
 from flowctl.wiring import Edge, Graph
 
 if TYPE_CHECKING:
+    from flowctl.checkpoints.coordinator import Coordinator
+    from flowctl.checkpoints.driver import CheckpointDriver
+    from flowctl.checkpoints.recovery import RestorePlan
     from flowctl.registry import Registry
 
 TICK_SECONDS = 0.1
@@ -84,7 +92,9 @@ class Run:
     """
 
     def __init__(self, pipeline: Pipeline, home: str, run_id: str,
-                 view: View, rng: random.Random | None = None) -> None:
+                 view: View, rng: random.Random | None = None,
+                 checkpoints: tuple[Coordinator, RestorePlan] | None = None
+                 ) -> None:
         self.pipeline = pipeline
         self.home = home
         self.run_id = run_id
@@ -111,6 +121,13 @@ class Run:
         self.rates = RateMeter()
         self.current_rates: dict[str, float | None] = {}
         self.signal_read, self.signal_write = os.pipe()
+        self.recovering = False
+        self.recovery_at = 0.0
+        self.checkpoints: CheckpointDriver | None = None
+        if checkpoints is not None:
+            from flowctl.checkpoints.driver import CheckpointDriver
+
+            self.checkpoints = CheckpointDriver(self, *checkpoints)
 
     # Set-up
 
@@ -133,6 +150,8 @@ class Run:
             self.log_files[spec.id] = open(log_path, "ab", buffering=0)
         # The stages start first: their interpreters boot while the
         # registry and the control socket are set up.
+        if self.checkpoints is not None:
+            self.checkpoints.announce_start()
         for stage in self.stages.values():
             self._start(stage)
         self._open_registry()
@@ -154,6 +173,8 @@ class Run:
              for stage in self.stages.values()])
 
     def _start(self, stage: StageProcess) -> bool:
+        if self.checkpoints is not None:
+            self.checkpoints.prepare_start(stage)
         try:
             stage.start(self._wiring_for(stage.spec.id))
         except OSError as error:
@@ -208,8 +229,9 @@ class Run:
         return outcome
 
     def _has_work(self) -> bool:
-        return any(stage.alive or stage.state == "backoff"
-                   for stage in self.stages.values())
+        return self.recovering or any(
+            stage.alive or stage.state == "backoff"
+            for stage in self.stages.values())
 
     def _loop_once(self) -> None:
         for key, _ in self.selector.select(TICK_SECONDS):
@@ -238,6 +260,8 @@ class Run:
         now = time.monotonic()
         self._run_timers(now)
         self._check_liveness(now)
+        if self.checkpoints is not None:
+            self.checkpoints.tick(now)
         if now >= self.next_registry_write:
             self.next_registry_write = now + REGISTRY_INTERVAL
             self._measure_rates(now)
@@ -246,6 +270,8 @@ class Run:
         self.view.tick()
 
     def _run_timers(self, now: float) -> None:
+        if self.recovering:
+            self._recovery_timer(now)
         for stage in self.stages.values():
             if stage.state == "backoff" and stage.restart_at <= now:
                 if self.failing or self.stop_requested:
@@ -296,10 +322,13 @@ class Run:
 
     def _on_control(self, stage: StageProcess) -> None:
         for message in stage.read_control():
-            if message.get("type") == "rewired":
+            kind = message.get("type")
+            if kind == "rewired":
                 self._close_retired((stage.spec.id,
                                      str(message.get("direction")),
                                      int(message.get("index", 0))))
+            elif kind == "checkpoint" and self.checkpoints is not None:
+                self.checkpoints.on_report(stage, message)
         if stage.control is None:
             self._unregister_data(("control", stage))
 
@@ -348,6 +377,10 @@ class Run:
         code = stage.reap()
         self._collect_last_words(stage)
         self._forget_retired(stage.spec.id)
+        if self.recovering:
+            # Stopped for a recovery: it starts again with the others.
+            stage.state = "recovering"
+            return
         clean = self._is_clean_exit(stage, code)
         if self.failing or self.stop_requested:
             stage.state = "finished" if clean and stage.done else "stopped"
@@ -431,10 +464,68 @@ class Run:
         ran_for = time.time() - stage.started_at
         delay = tracker.next_delay(now, ran_for)
         stage.restarts += 1
+        if self.checkpoints is not None:
+            self._recover_all(stage, reason, delay)
+            return
         stage.state = "backoff"
         stage.restart_at = now + delay
         self.view.event(f"{reason}; restarting in {delay:.1f}s "
                         f"(restart {stage.restarts})", stage.spec.id)
+
+    def _recover_all(self, stage: StageProcess, reason: str,
+                     delay: float) -> None:
+        """Stop every stage, to start them all again from the newest
+        complete checkpoint (or, in manual mode, fail the run)."""
+        driver = self.checkpoints
+        last = driver.coordinator.last
+        if driver.config.recovery.mode != "auto":
+            stage.state = "failed"
+            where = (f"checkpoint {last.id}" if last is not None
+                     else "the beginning")
+            self._begin_failure(
+                f"{self._stage_failure(stage, reason)}. The pipeline does "
+                f"not recover by itself (recovery.mode: "
+                f"{driver.config.recovery.mode}); run it with --resume to "
+                f"go on from {where}")
+            return
+        self.recovering = True
+        self.recovery_at = time.monotonic() + delay
+        driver.begin_recovery(stage.spec.id,
+                              f"{reason} (restart {stage.restarts})", delay)
+        for other in self.stages.values():
+            if other.alive:
+                other.kill()
+            else:
+                other.state = "recovering"
+
+    def _recovery_timer(self, now: float) -> None:
+        if self.failing or self.stop_requested:
+            self.recovering = False
+            for stage in self.stages.values():
+                if not stage.alive:
+                    stage.state = "stopped"
+            return
+        if now < self.recovery_at or any(stage.alive for stage
+                                         in self.stages.values()):
+            return
+        try:
+            self.checkpoints.plan_recovery()
+        except StorageError as error:
+            self.recovering = False
+            self._begin_failure(f"cannot recover: {error}")
+            return
+        for key in list(self.retired):
+            self._close_retired(key)
+        for key in list(self.selector.get_map().values()):
+            if key.data[0] == "drain":
+                self.selector.unregister(key.fileobj)
+        self.graph.close()
+        self.graph = Graph.build(self.pipeline.stages)
+        self.recovering = False
+        for stage in self.stages.values():
+            if not self._start(stage):
+                return
+        self.view.event("every stage restarted")
 
     def _started_properly(self, stage: StageProcess) -> bool:
         if stage.ready:
@@ -586,12 +677,22 @@ class Run:
         self.stop_requested = True
         self.view.event(f"{reason}: stopping the sources and draining "
                         f"(again to stop at once)")
+        if self.checkpoints is not None and self.checkpoints.stop_requested():
+            # The sources are stopped once the checkpoint is stored.
+            return
+        self.stop_sources()
+
+    def stop_sources(self) -> None:
+        """Ask the sources to stop and give the rest time to drain."""
+        if self.checkpoints is not None:
+            self.checkpoints.release_sinks()
         for stage in self.stages.values():
             if stage.spec.role == "source":
                 stage.request_stop()
             if stage.state == "backoff":
                 stage.state = "stopped"
-                self._close_gap(stage)
+                if self.checkpoints is None:
+                    self._close_gap(stage)
         self.drain_deadline = time.monotonic() + self.pipeline.drain_timeout
 
     def _close_gap(self, stage: StageProcess) -> None:
@@ -619,11 +720,17 @@ class Run:
                                        ("drain", (stage.spec.id, "gap",
                                                   edge.reader_index)))
 
+    def fail(self, message: str) -> None:
+        """Fail the run: stop every stage; the run exits with code 1."""
+        self._begin_failure(message)
+
     def _begin_failure(self, message: str) -> None:
         if self.failing:
             return
         self.failing = True
         self.failure_message = message
+        if self.checkpoints is not None:
+            self.checkpoints.release_sinks()
         now = time.monotonic()
         for stage in self.stages.values():
             if stage.alive:
@@ -675,11 +782,20 @@ class Run:
             "stages": [{**self._stage_row(stage),
                         "rate": self.current_rates.get(stage.spec.id)}
                        for stage in self.stages.values()],
+            "checkpoint": (self.checkpoints.status()
+                           if self.checkpoints is not None else None),
         }
+
+    def record_checkpoint(self, status: dict[str, Any]) -> None:
+        """Store the newest checkpoint in the registry for `flowctl status`."""
+        if self.registry is not None:
+            self.registry.set_checkpoint(self.run_id, status)
 
     def _run_state(self) -> str:
         if self.failing:
             return "failing"
+        if self.recovering:
+            return "recovering"
         if self.stop_requested:
             return "stopping"
         return "running"

@@ -19,6 +19,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from typing import Callable
+
+from flowctl import faults
 
 from flowctl.checkpoints.manifest import Manifest
 from flowctl.checkpoints.storage import CheckpointInfo, StorageError
@@ -35,7 +38,9 @@ def _fsync_directory(path: str) -> None:
         os.close(fd)
 
 
-def write_file_atomically(path: str, data: bytes) -> None:
+def write_file_atomically(path: str, data: bytes,
+                          before_rename: Callable[[], None] | None = None
+                          ) -> None:
     """Write, fsync, rename over `path`, fsync the directory."""
     temporary = path + TEMPORARY_SUFFIX
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -52,6 +57,8 @@ def write_file_atomically(path: str, data: bytes) -> None:
             pass
         raise
     os.close(fd)
+    if before_rename is not None:
+        before_rename()
     os.rename(temporary, path)
     _fsync_directory(os.path.dirname(path))
 
@@ -88,7 +95,8 @@ class LocalStorage:
     def publish(self, manifest: Manifest) -> None:
         path = self._path(manifest.id, MANIFEST_NAME)
         try:
-            write_file_atomically(path, manifest.to_json())
+            write_file_atomically(path, manifest.to_json(),
+                                  lambda: faults.hit("manifest"))
             _fsync_directory(self.location)
         except OSError as error:
             raise StorageError(
