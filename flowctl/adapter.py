@@ -6,6 +6,16 @@ executable as its child in the same process group.  One thread feeds it
 the input records as text on its stdin.  The main thread turns its stdout
 back into records and also talks to the orchestrator.  The executable's
 stderr goes straight to the stage's log.
+
+Checkpoints: the state of a program such as grep or awk cannot be saved,
+so at a barrier the adapter closes the program's stdin, reads its stdout
+to the end, checks its exit status, passes the barrier on and starts the
+program again for the records after the barrier.  Every output line of
+the records before the barrier thus precedes it, and the program holds
+no state across a checkpoint.  A program whose output depends on the
+whole stream (sort, uniq -c, an awk END block) therefore works on each
+checkpoint interval separately.  An executable source cannot be rewound:
+after a recovery it runs from its beginning again.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ import select
 import subprocess
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from flowctl import codecs
 from flowctl.lifetime import child_setup
@@ -40,9 +50,14 @@ class Feeder(threading.Thread):
         super().__init__(name="feeder", daemon=True)
         self.ctx = ctx
         self.stdin = stdin
+        self.codec_name = codec_name
         self.codec = codecs.make_codec(codec_name)
         self.failure: BaseException | None = None
         self.stdin_closed_early = False
+        # Set at a barrier, when the feeder has closed the program's stdin;
+        # the main thread then starts a new program and sets `resumed`.
+        self.barrier: int | None = None
+        self.resumed = threading.Event()
         # Only the main thread reads the control channel.
         ctx.inputs.control = Control(None, ctx.stage_id)
 
@@ -64,7 +79,14 @@ class Feeder(threading.Thread):
             if item is None:
                 return
             frame = item[1]
-            if frame[0] != protocol.BATCH:
+            if frame[0] == protocol.BARRIER:
+                self.resumed.clear()
+                self.barrier = frame[1]["id"]
+                self.stdin.close()
+                self.resumed.wait()
+                fd = self.stdin.fileno()
+                # The new program gets a header again, for csv.
+                self.codec = codecs.make_codec(self.codec_name)
                 continue
             try:
                 protocol.write_all(fd, self.codec.encode(frame[1]))
@@ -105,52 +127,105 @@ def main() -> None:
     os._exit(0)
 
 
+class Program:
+    """The executable, started again after every checkpoint."""
+
+    def __init__(self, argv: list[str], role: str) -> None:
+        self.argv = argv
+        self.has_inputs = role != "source"
+        self.has_outputs = role != "sink"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> subprocess.Popen:
+        stdout: Any = subprocess.PIPE
+        if not self.has_outputs:
+            stdout = int(os.environ.get(ENV_STDOUT_FD, "1"))
+        self.process = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE if self.has_inputs else subprocess.DEVNULL,
+            stdout=stdout, preexec_fn=child_setup(new_process_group=False),
+            pass_fds=() if self.has_outputs else (stdout,))
+        return self.process
+
+
 def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
          success_codes: list[int]) -> None:
-    has_inputs = role != "source"
-    has_outputs = role != "sink"
-    stdout: Any = subprocess.PIPE
-    if not has_outputs:
-        stdout = int(os.environ.get(ENV_STDOUT_FD, "1"))
-    process = subprocess.Popen(
-        argv, stdin=subprocess.PIPE if has_inputs else subprocess.DEVNULL,
-        stdout=stdout, preexec_fn=child_setup(new_process_group=False),
-        pass_fds=() if has_outputs else (stdout,))
+    program = Program(argv, role)
+    process = program.start()
     ctx.ready()
     feeder = None
-    if has_inputs:
+    if program.has_inputs:
         feeder = Feeder(ctx, process.stdin, codec_name)
         feeder.start()
+
+    def check_exit(code: int) -> None:
+        stopped = ctx.control.stop_requested and role == "source"
+        if code not in success_codes and not stopped:
+            hint = ""
+            if code == 1 and os.path.basename(argv[0]) == "grep":
+                hint = ("; grep exits with 1 when no line matched, so add "
+                        "success_exit_codes: [0, 1] to the stage (inline: "
+                        "exec --success-exit-codes 0,1 grep ...) if that is "
+                        "fine")
+            ctx.fail(f"command {argv[0]!r} {_exit_description(code)}{hint}",
+                     EXIT_FAILED, command_exit_code=code)
+
+    def restart_at_barrier() -> bool:
+        """At a barrier the feeder closed stdin and the program ended:
+        check it, pass the barrier on, start the next program."""
+        if feeder is None or feeder.barrier is None:
+            return False
+        check_exit(program.process.wait())
+        ctx.outputs.flush()
+        ctx.report_checkpoint(feeder.barrier, None, {})
+        ctx.outputs.write_frame(protocol.barrier_frame(feeder.barrier))
+        feeder.barrier = None
+        feeder.stdin = program.start().stdin
+        feeder.resumed.set()
+        return True
+
     try:
-        if has_outputs:
-            _read_output(ctx, process, codecs.make_codec(codec_name))
+        if program.has_outputs:
+            _read_output(ctx, program, codec_name, restart_at_barrier)
         else:
-            _wait_for(ctx, process)
+            _wait_for(ctx, program, restart_at_barrier)
     except OutputsClosed:
         # No stage reads this one any more: end the executable quietly.
-        process.kill()
-        process.wait()
+        program.process.kill()
+        program.process.wait()
         ctx.done()
         return
     # The exit status is judged as soon as the executable has exited, not
     # after the input ends: a program that died in mid-stream fails the
     # stage now.
-    code = process.wait()
+    code = program.process.wait()
     if feeder is not None and feeder.failure is not None:
         raise feeder.failure
-    stopped = ctx.control.stop_requested and role == "source"
-    if code not in success_codes and not stopped:
-        hint = ""
-        if code == 1 and os.path.basename(argv[0]) == "grep":
-            hint = ("; grep exits with 1 when no line matched, so add "
-                    "success_exit_codes: [0, 1] to the stage (inline: exec "
-                    "--success-exit-codes 0,1 grep ...) if that is fine")
-        ctx.fail(f"command {argv[0]!r} {_exit_description(code)}{hint}",
-                 EXIT_FAILED, command_exit_code=code)
+    check_exit(code)
+    if ctx.checkpointing and not ctx.control.stop_requested:
+        _report_final(ctx, role)
     ctx.finish()
 
 
-def _read_output(ctx: Context, process: subprocess.Popen, codec: Any) -> None:
+def _report_final(ctx: Context, role: str) -> None:
+    """Report the end of the stream; a sink waits for the final commit,
+    which has nothing to do for a program, or for its release."""
+    ctx.outputs.flush()
+    committed = threading.Event()
+    ctx.control.on_commit = lambda message: committed.set()
+    ctx.report_checkpoint(None, None, {}, final=True)
+    if role != "sink":
+        return
+    control = ctx.control
+    while not (committed.is_set() or control.released
+               or control.fd is None):
+        control.poll(1.0)
+
+
+def _read_output(ctx: Context, program: Program, codec_name: str,
+                 restart_at_barrier: Callable[[], bool]) -> None:
+    codec = codecs.make_codec(codec_name)
+    process = program.process
     fd = process.stdout.fileno()
     outputs = ctx.outputs
     control = ctx.control
@@ -166,6 +241,12 @@ def _read_output(ctx: Context, process: subprocess.Popen, codec: Any) -> None:
             control.read_pending()
             if control.fd is None:
                 watched = [fd]
+        while control.barriers:
+            # A source's barrier: what it printed so far goes before it.
+            checkpoint_id = control.barriers.popleft()
+            outputs.flush()
+            ctx.report_checkpoint(checkpoint_id, None, {})
+            outputs.write_frame(protocol.barrier_frame(checkpoint_id))
         if control.stop_requested and not stop_sent:
             # Only a source is asked to stop; its executable ends the
             # stream by exiting, and what it wrote so far is still read.
@@ -180,7 +261,14 @@ def _read_output(ctx: Context, process: subprocess.Popen, codec: Any) -> None:
             continue
         data = os.read(fd, protocol.READ_CHUNK_SIZE)
         if not data:
-            break
+            outputs.buffer.extend(codec.decode_end())
+            if not restart_at_barrier():
+                return
+            process = program.process
+            codec = codecs.make_codec(codec_name)
+            fd = process.stdout.fileno()
+            watched = [fd] + ([control.fd] if control.fd is not None else [])
+            continue
         outputs.buffer.extend(codec.decode(data))
         if len(outputs.buffer) >= outputs.limit:
             outputs.flush()
@@ -188,10 +276,14 @@ def _read_output(ctx: Context, process: subprocess.Popen, codec: Any) -> None:
     outputs.buffer.extend(codec.decode_end())
 
 
-def _wait_for(ctx: Context, process: subprocess.Popen) -> None:
-    while process.poll() is None:
-        ctx.control.poll(HEARTBEAT_INTERVAL)
-        ctx.report_stats()
+def _wait_for(ctx: Context, program: Program,
+              restart_at_barrier: Callable[[], bool]) -> None:
+    while True:
+        while program.process.poll() is None:
+            ctx.control.poll(HEARTBEAT_INTERVAL)
+            ctx.report_stats()
+        if not restart_at_barrier():
+            return
 
 
 if __name__ == "__main__":
