@@ -128,14 +128,14 @@ def validate(doc: Document) -> tuple[Pipeline | None, list[Problem],
             checker.problem((), "the pipeline has no 'spec' section")
         return None, checker.problems, checker.warnings
     checker.known_keys(("spec",), spec, SPEC_KEYS, "spec")
-    if "checkpoint" in spec:
-        checker.problem(("spec", "checkpoint"),
-                        "checkpointing is not available in this version of "
-                        "flowctl", "remove the checkpoint section", key=True)
     pipeline = Pipeline(name=str(metadata.get("name") or
                                  _default_name(doc.filename)),
                         source=doc.filename, stages=[])
     _check_settings(checker, spec, pipeline)
+    # Imported here because validate_checkpoint imports Validator and
+    # did_you_mean from this module, so a top-level import would be circular.
+    from flowctl.validate_checkpoint import check_checkpoint
+    pipeline.checkpoint = check_checkpoint(checker, spec)
     supervisor = spec.get("supervisor")
     defaults = _stop_settings(
         checker, ("spec", "supervisor"),

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
+import textwrap
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, run_flowctl, write_pipeline
 from flowctl import document
+from flowctl.checkpoints.config import Adaptive, CheckpointConfig, Recovery
+from flowctl.validate import validate as validate_document
 
 FILENAME = "pipeline.yaml"
 EXIT_USAGE = 2
@@ -958,3 +961,438 @@ def test_alias_expansion_is_bounded(tmp_path, env):
     assert result.stderr.splitlines()[0] == (
         f"{pipeline}:1: the YAML expands to more than 100,000 values "
         f"(check the aliases, written *name, in the file)")
+
+
+# The checkpoint section
+
+# A valid pipeline that ends in checkpoint:, so the section's first line is 9.
+CHECKPOINT_HEAD = """\
+apiVersion: flowctl/v1
+kind: Pipeline
+spec:
+  sources:
+    - {id: numbers, stage: generate, config: {count: 3}}
+  sinks:
+    - {id: out, stage: discard, inputs: [numbers]}
+  checkpoint:
+"""
+
+
+def load_with_checkpoint(section: str):
+    """Validate CHECKPOINT_HEAD with `section` as spec.checkpoint.
+
+    Return the pipeline and the problems and warnings, each formatted as
+    flowctl validate prints it.
+    """
+    body = textwrap.dedent(section).lstrip("\n")
+    text = CHECKPOINT_HEAD + textwrap.indent(body, "    ")
+    pipeline, problems, warnings = validate_document(
+        document.load(text, FILENAME, {}))
+    return (pipeline, [problem.format(FILENAME) for problem in problems],
+            [warning.format(FILENAME) for warning in warnings])
+
+
+FULL_CHECKPOINT = """
+    enabled: true
+    interval: 45s
+    strategy: adaptive
+    adaptive: {min_interval: 2s, max_interval: 5m, target_share: 4%}
+    storage: {type: local, directory: ./state, compression: zstd}
+    directory: state
+    include: [source_offsets, metrics]
+    triggers: {records: 10000, on_shutdown: false}
+    retain: 5
+    recovery:
+      mode: manual
+      strategy: {missing: fail, corrupted: start-fresh, partial: fail}
+      validate: {schema: false, integrity: true, age: 24h}
+    compression: true
+    distributed: {enabled: false, coordination: redis,
+                  partition_strategy: hash, worker_id: worker-1}
+    barriers: {enabled: true, timeout: 1m, min_workers: 2}
+"""
+
+
+def test_checkpoint_full_section():
+    pipeline, problems, warnings = load_with_checkpoint(FULL_CHECKPOINT)
+
+    assert problems == []
+    assert warnings == []
+    assert pipeline.checkpoint == CheckpointConfig(
+        enabled=True, interval=45.0, strategy="adaptive", storage="local",
+        directory="./state", include=("source_offsets", "metrics"),
+        records=10000, on_shutdown=False, retain=5, compression="zstd",
+        timeout=60.0,
+        recovery=Recovery(mode="manual", missing="fail",
+                          corrupted="start-fresh", partial="fail",
+                          validate_schema=False, validate_integrity=True,
+                          max_age=86400.0),
+        adaptive=Adaptive(min_interval=2.0, max_interval=300.0,
+                          target_share=0.04))
+
+
+def test_checkpoint_full_section_validates(tmp_path, env):
+    result = validate(tmp_path, env, CHECKPOINT_HEAD + textwrap.indent(
+        textwrap.dedent(FULL_CHECKPOINT), "    "))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
+def test_checkpoint_absent_is_off():
+    text = CHECKPOINT_HEAD.replace("  checkpoint:\n", "")
+    pipeline, problems, _ = validate_document(
+        document.load(text, FILENAME, {}))
+
+    assert problems == []
+    assert pipeline.checkpoint == CheckpointConfig()
+    assert pipeline.checkpoint.enabled is False
+
+
+def test_checkpoint_empty_section_is_on():
+    pipeline, problems, _ = load_with_checkpoint("")
+
+    assert problems == []
+    assert pipeline.checkpoint == CheckpointConfig(enabled=True)
+
+
+def test_checkpoint_enabled_false():
+    pipeline, problems, _ = load_with_checkpoint("""
+        enabled: false
+        interval: 10s
+    """)
+
+    assert problems == []
+    assert pipeline.checkpoint.enabled is False
+    assert pipeline.checkpoint.interval == 10.0
+
+
+def test_checkpoint_reports_every_problem(tmp_path, env):
+    result = validate(tmp_path, env, """
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          sources:
+            - {id: numbers, stage: generate}
+          sinks:
+            - {id: out, stage: discard, inputs: [numbers]}
+          checkpoint:
+            enabled: yes please
+            interval: soon
+            strategy: adaptiv
+            include: [source_offsets, metrcs, source_offsets]
+            triggers: {records: 0, on_shutdwn: true}
+            retain: 0
+            recovery:
+              mode: automatic
+              strategy: {missing: skip}
+              validate: {schema: maybe, age: forever}
+            compression: gzip
+            distributed: {enabled: true}
+            barriers: {enabled: false, timeout: -1, min_workers: 0}
+        """)
+
+    assert result.returncode == EXIT_USAGE
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "pipeline.yaml:9: spec.checkpoint.enabled must be true or false, "
+        "not 'yes please'",
+        "pipeline.yaml:10: spec.checkpoint.interval must be a duration, not "
+        "'soon' (write a number with a unit: ms, s, m, h or d, as in 30s)",
+        "pipeline.yaml:11: spec.checkpoint.strategy must be one of fixed, "
+        "adaptive, not 'adaptiv' (did you mean 'adaptive'?)",
+        "pipeline.yaml:12: each entry of spec.checkpoint.include must be one "
+        "of source_offsets, processor_state, metrics, errors, not 'metrcs' "
+        "(did you mean 'metrics'?)",
+        "pipeline.yaml:12: spec.checkpoint.include lists 'source_offsets' "
+        "twice",
+        "pipeline.yaml:13: unknown key 'on_shutdwn' in "
+        "spec.checkpoint.triggers (did you mean 'on_shutdown'?)",
+        "pipeline.yaml:13: spec.checkpoint.triggers.records must be a "
+        "positive integer, not 0",
+        "pipeline.yaml:14: spec.checkpoint.retain must be a positive "
+        "integer, not 0",
+        "pipeline.yaml:16: spec.checkpoint.recovery.mode must be one of "
+        "auto, manual, off, not 'automatic' (did you mean 'auto'?)",
+        "pipeline.yaml:17: spec.checkpoint.recovery.strategy.missing must be "
+        "one of start-fresh, fail, not 'skip'",
+        "pipeline.yaml:18: spec.checkpoint.recovery.validate.schema must be "
+        "true or false, not 'maybe'",
+        "pipeline.yaml:18: spec.checkpoint.recovery.validate.age must be a "
+        "duration, not 'forever' (write a number with a unit: ms, s, m, h "
+        "or d, as in 30s)",
+        "pipeline.yaml:19: spec.checkpoint.compression must be one of none, "
+        "zstd, not 'gzip'",
+        "pipeline.yaml:20: distributed checkpointing is not available in "
+        "this version of flowctl (remove spec.checkpoint.distributed, or set "
+        "enabled: false)",
+        "pipeline.yaml:21: unaligned checkpoints are not available; barriers "
+        "are always aligned (remove barriers.enabled, or set it to true)",
+        "pipeline.yaml:21: spec.checkpoint.barriers.timeout must be longer "
+        "than 0s, not -1",
+        "pipeline.yaml:21: spec.checkpoint.barriers.min_workers must be a "
+        "positive integer, not 0",
+        "17 problems found in pipeline.yaml",
+    ]
+
+
+def test_checkpoint_unknown_key_did_you_mean():
+    _, problems, _ = load_with_checkpoint("""
+        interval: 30s
+        retian: 3
+    """)
+
+    assert problems == [
+        "pipeline.yaml:10: unknown key 'retian' in spec.checkpoint (did you "
+        "mean 'retain'?)",
+    ]
+
+
+def test_checkpoint_nested_unknown_key():
+    _, problems, _ = load_with_checkpoint("""
+        recovery:
+          strategy: {corupted: fail}
+    """)
+
+    assert problems == [
+        "pipeline.yaml:10: unknown key 'corupted' in "
+        "spec.checkpoint.recovery.strategy (did you mean 'corrupted'?)",
+    ]
+
+
+@pytest.mark.parametrize("storage, line", [
+    ("storage: redis", 9),
+    ("storage: {type: redis, url: 'redis://127.0.0.1:6379'}", 9),
+    ("storage:\n  type: redis", 10),
+], ids=["name", "mapping", "type-line"])
+def test_checkpoint_redis_not_available(storage, line):
+    _, problems, _ = load_with_checkpoint(storage)
+
+    assert problems == [
+        f"pipeline.yaml:{line}: redis storage is not available in this "
+        f"version of flowctl (use storage: local)",
+    ]
+
+
+def test_checkpoint_etcd_not_available():
+    _, problems, _ = load_with_checkpoint("storage: etcd")
+
+    assert problems == [
+        "pipeline.yaml:9: etcd storage is not available in this version of "
+        "flowctl (use storage: local)",
+    ]
+
+
+def test_checkpoint_unknown_storage():
+    _, problems, _ = load_with_checkpoint("storage: lcoal")
+
+    assert problems == [
+        "pipeline.yaml:9: unknown storage type 'lcoal' (did you mean "
+        "'local'?)",
+    ]
+
+
+@pytest.mark.parametrize("written, compression", [
+    ("true", "zstd"),
+    ("false", "none"),
+    ("zstd", "zstd"),
+    ("none", "none"),
+])
+def test_checkpoint_compression(written, compression):
+    pipeline, problems, _ = load_with_checkpoint(f"compression: {written}")
+
+    assert problems == []
+    assert pipeline.checkpoint.compression == compression
+
+
+def test_checkpoint_compression_default_none():
+    pipeline, _, _ = load_with_checkpoint("interval: 30s")
+
+    assert pipeline.checkpoint.compression == "none"
+
+
+def test_checkpoint_triggers_interval_overrides():
+    pipeline, problems, warnings = load_with_checkpoint("""
+        interval: 30s
+        triggers: {interval: 1m}
+    """)
+
+    assert problems == []
+    assert pipeline.checkpoint.interval == 60.0
+    assert warnings == [
+        "pipeline.yaml:9: spec.checkpoint.interval is ignored because "
+        "spec.checkpoint.triggers.interval is set (remove one of them)",
+    ]
+
+
+def test_checkpoint_triggers_interval_alone():
+    pipeline, problems, warnings = load_with_checkpoint(
+        "triggers: {interval: 2m, records: 500}")
+
+    assert problems == []
+    assert warnings == []
+    assert pipeline.checkpoint.interval == 120.0
+    assert pipeline.checkpoint.records == 500
+
+
+def test_checkpoint_directories_differ():
+    _, problems, _ = load_with_checkpoint("""
+        directory: ./one
+        storage: {type: local, directory: ./two}
+    """)
+
+    assert problems == [
+        "pipeline.yaml:10: spec.checkpoint.storage.directory './two' "
+        "differs from spec.checkpoint.directory './one' (give the directory "
+        "in one place)",
+    ]
+
+
+def test_checkpoint_same_directory_twice():
+    pipeline, problems, _ = load_with_checkpoint("""
+        directory: state
+        storage: {type: local, directory: ./state/}
+    """)
+
+    assert problems == []
+    assert pipeline.checkpoint.directory == "./state/"
+
+
+def test_checkpoint_storage_without_type_is_local():
+    pipeline, problems, _ = load_with_checkpoint(
+        "storage: {directory: /var/lib/flowctl}")
+
+    assert problems == []
+    assert pipeline.checkpoint.storage == "local"
+    assert pipeline.checkpoint.directory == "/var/lib/flowctl"
+
+
+@pytest.mark.parametrize("written, share", [
+    ("5%", 0.05),
+    ("'12.5%'", 0.125),
+    ("0.2", 0.2),
+])
+def test_checkpoint_target_share(written, share):
+    pipeline, problems, _ = load_with_checkpoint(f"""
+        strategy: adaptive
+        adaptive: {{target_share: {written}}}
+    """)
+
+    assert problems == []
+    assert pipeline.checkpoint.adaptive.target_share == pytest.approx(share)
+
+
+@pytest.mark.parametrize("written", ["0", "1", "100%", "0%", "-5%", "true",
+                                     "lots", "'5'"])
+def test_checkpoint_target_share_invalid(written):
+    _, problems, _ = load_with_checkpoint(f"""
+        strategy: adaptive
+        adaptive: {{target_share: {written}}}
+    """)
+
+    assert len(problems) == 1
+    assert problems[0].startswith(
+        "pipeline.yaml:10: spec.checkpoint.adaptive.target_share must be a "
+        "number between 0 and 1 or a percentage, not ")
+
+
+def test_checkpoint_adaptive_bounds_reversed():
+    _, problems, _ = load_with_checkpoint("""
+        strategy: adaptive
+        adaptive:
+          min_interval: 5m
+          max_interval: 1m
+    """)
+
+    assert problems == [
+        "pipeline.yaml:11: spec.checkpoint.adaptive.min_interval 300s is "
+        "longer than spec.checkpoint.adaptive.max_interval 60s (make "
+        "min_interval at most max_interval)",
+    ]
+
+
+def test_checkpoint_adaptive_min_above_default_max():
+    _, problems, _ = load_with_checkpoint("""
+        strategy: adaptive
+        adaptive: {min_interval: 20m}
+    """)
+
+    assert problems == [
+        "pipeline.yaml:10: spec.checkpoint.adaptive.min_interval 1200s is "
+        "longer than the default max_interval 600s (make min_interval at "
+        "most max_interval)",
+    ]
+
+
+def test_checkpoint_adaptive_with_fixed_warns():
+    pipeline, problems, warnings = load_with_checkpoint(
+        "adaptive: {min_interval: 5s}")
+
+    assert problems == []
+    assert pipeline.checkpoint.adaptive.min_interval == 5.0
+    assert warnings == [
+        "pipeline.yaml:9: spec.checkpoint.adaptive has no effect with "
+        "strategy fixed (set strategy: adaptive, or remove adaptive)",
+    ]
+
+
+def test_checkpoint_distributed_without_enabled():
+    _, problems, _ = load_with_checkpoint(
+        "distributed: {coordination: etcd, worker_id: 3}")
+
+    assert problems == [
+        "pipeline.yaml:9: distributed checkpointing is not available in this "
+        "version of flowctl (remove spec.checkpoint.distributed, or set "
+        "enabled: false)",
+    ]
+
+
+@pytest.mark.parametrize("section, problem", [
+    ("true", "pipeline.yaml:8: spec.checkpoint must be a mapping, not bool "
+             "(write, for example, checkpoint: {enabled: true})"),
+    ("[interval]", "pipeline.yaml:8: spec.checkpoint must be a mapping, not "
+                   "list (write, for example, checkpoint: {enabled: true})"),
+])
+def test_checkpoint_section_not_mapping(section, problem):
+    text = CHECKPOINT_HEAD.replace("checkpoint:\n", f"checkpoint: {section}\n")
+    _, problems, _ = validate_document(document.load(text, FILENAME, {}))
+
+    assert [item.format(FILENAME) for item in problems] == [problem]
+
+
+@pytest.mark.parametrize("section, problem", [
+    ("interval: 0s", "spec.checkpoint.interval must be longer than 0s, "
+                     "not '0s'"),
+    ("retain: 2.5", "spec.checkpoint.retain must be a positive integer, "
+                    "not 2.5"),
+    ("retain: true", "spec.checkpoint.retain must be a positive integer, "
+                     "not True"),
+    ("directory: 42", "spec.checkpoint.directory must be a directory path, "
+                      "not 42"),
+    ("include: metrics", "spec.checkpoint.include must be a non-empty list, "
+                         "not 'metrics' (list some of source_offsets, "
+                         "processor_state, metrics, errors)"),
+    ("include: []", "spec.checkpoint.include must be a non-empty list, not "
+                    "[] (list some of source_offsets, processor_state, "
+                    "metrics, errors)"),
+    ("storage: 3", "spec.checkpoint.storage must be a storage type or a "
+                   "mapping, not 3 (write storage: local)"),
+    ("triggers: 1m", "spec.checkpoint.triggers must be a mapping, not str"),
+    ("triggers: {on_shutdown: 1}", "spec.checkpoint.triggers.on_shutdown "
+                                   "must be true or false, not 1"),
+    ("recovery: {validate: {age: 0}}", "spec.checkpoint.recovery.validate."
+                                       "age must be longer than 0s, not 0"),
+    ("distributed: {enabled: false, worker_id: [1]}",
+     "spec.checkpoint.distributed.worker_id must be a string or an "
+     "integer, not [1]"),
+    ("distributed: {enabled: false, coordination: 5}",
+     "spec.checkpoint.distributed.coordination must be a string, not 5"),
+    ("barriers: {timeout: never}", "spec.checkpoint.barriers.timeout must "
+                                   "be a duration, not 'never' (write a "
+                                   "number with a unit: ms, s, m, h or d, "
+                                   "as in 30s)"),
+])
+def test_checkpoint_wrong_type(section, problem):
+    _, problems, _ = load_with_checkpoint(section)
+
+    assert problems == [f"pipeline.yaml:9: {problem}"]

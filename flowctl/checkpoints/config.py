@@ -19,7 +19,7 @@ COMPRESSIONS = ("none", "zstd")
 
 @dataclass
 class Adaptive:
-    """Bounds of the adaptive strategy (see `flowctl.checkpoints.schedule`)."""
+    """Bounds of the adaptive strategy (see `Coordinator.interval`)."""
 
     min_interval: float = 1.0
     max_interval: float = 600.0
