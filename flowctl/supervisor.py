@@ -429,7 +429,11 @@ class Run:
         """Restart a failed stage or fail the run, following its policy."""
         now = time.monotonic()
         tracker = self.trackers[stage.spec.id]
-        if not self._started_properly(stage) and not stage.ever_ready:
+        # A program that cannot start would fail again on every restart;
+        # a stage killed by a signal while starting says nothing about that.
+        killed = stage.exit_code is not None and stage.exit_code < 0
+        if (not self._started_properly(stage) and not stage.ever_ready
+                and not killed):
             stage.state = "failed"
             self._begin_failure(
                 f"stage '{stage.spec.id}' failed at start: {reason}; see "
