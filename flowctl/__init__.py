@@ -10,10 +10,10 @@ The stage library is importable from here::
     flowctl.run_processor(double)
 """
 
-from flowctl.stage import (IDLE, Processor, Sink, Source, config, context,
+from flowctl.stage import (IDLE, Checkpointable, Processor, Sink, Source, config, context,
                            run, run_processor, run_sink, run_source)
 
 __version__ = "0.1.0"
 
-__all__ = ["IDLE", "Processor", "Sink", "Source", "config", "context", "run",
+__all__ = ["IDLE", "Checkpointable", "Processor", "Sink", "Source", "config", "context", "run",
            "run_processor", "run_sink", "run_source", "__version__"]

@@ -58,10 +58,11 @@ def _load(file: str | None, expression: str | None
 
 
 class LazyGroup(click.Group):
-    """Command group that imports the commands for watching runs only when
-    one of them is used, so `flowctl run` starts faster."""
+    """Command group that imports the commands for watching runs and for
+    checkpoints only when one of them is used, so `flowctl run` starts
+    faster."""
 
-    lazy_commands = ("status", "stop", "runs", "logs")
+    lazy_commands = ("status", "stop", "runs", "logs", "checkpoint")
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) |
@@ -69,6 +70,9 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str
                     ) -> click.Command | None:
+        if name == "checkpoint":
+            from flowctl.checkpoints.cli import checkpoint
+            return checkpoint
         if name in self.lazy_commands:
             from flowctl import runs_cli
             return getattr(runs_cli, name)
@@ -186,8 +190,9 @@ def _checkpoints(pipeline: Pipeline, run_id: str, view: View,
                 "--resume and --from need checkpointing: add a checkpoint "
                 "section to the pipeline file or give --checkpoint-dir DIR")
         return None
-    if config.recovery.mode == "auto":
-        # A failed stage is recovered from the last checkpoint unless the
+    if config.recovery.mode != "off":
+        # A failed stage is recovered from the last checkpoint (or, in
+        # manual mode, the run stops and says how to resume) unless the
         # file sets a restart policy.
         for spec in pipeline.stages:
             if spec.restart.policy == "":

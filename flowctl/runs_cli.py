@@ -48,6 +48,18 @@ def _refresh(registry: Registry, run: RunRow) -> RunRow:
     return run
 
 
+def _checkpoint_status(run: RunRow) -> dict[str, Any] | None:
+    """Return the newest checkpoint the registry stores for a run, or None
+    when the run took none or the entry is not a JSON object."""
+    if not run.checkpoint:
+        return None
+    try:
+        value = json.loads(run.checkpoint)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _snapshot(registry: Registry, run: RunRow) -> dict[str, Any]:
     """Return a run as `status --json` prints it, with live data from its
     control socket when the run replies."""
@@ -55,7 +67,10 @@ def _snapshot(registry: Registry, run: RunRow) -> dict[str, Any]:
         try:
             reply = runcontrol.request(run.socket, {"type": "status"})
             if reply.get("ok"):
-                return reply["run"]
+                snapshot = reply["run"]
+                # A run started by an earlier flowctl replies without it.
+                snapshot.setdefault("checkpoint", _checkpoint_status(run))
+                return snapshot
         except OSError:
             pass
     return {
@@ -67,6 +82,7 @@ def _snapshot(registry: Registry, run: RunRow) -> dict[str, Any]:
             "id", "role", "pid", "state", "restarts", "records_in",
             "records_out", "last_error")}
             for row in registry.stages(run.id)],
+        "checkpoint": _checkpoint_status(run),
     }
 
 
@@ -106,8 +122,31 @@ def _print_run(snapshot: dict[str, Any]) -> None:
     for row in rows:
         click.echo("  " + "  ".join(value.ljust(width) for value, width
                                     in zip(row, widths)).rstrip())
+    if snapshot.get("checkpoint"):
+        for line in _describe_checkpoint(snapshot["checkpoint"],
+                                         live=ended is None):
+            click.echo(f"  {line}")
     if snapshot.get("message"):
         click.echo(f"  {snapshot['message']}")
+
+
+def _describe_checkpoint(checkpoint: dict[str, Any], live: bool
+                         ) -> list[str]:
+    """Return the lines `status` prints about a run's checkpoints."""
+    if checkpoint.get("last"):
+        age = _format_duration(time.time() - checkpoint["last_at"])
+        newest = f"{checkpoint['last']}, {age} ago"
+    else:
+        newest = "none stored yet"
+    line = (f"checkpoint  {newest} ({checkpoint.get('completed', 0)} stored, "
+            f"{checkpoint.get('failed', 0)} failed) in "
+            f"{checkpoint.get('directory')}")
+    if live and checkpoint.get("in_flight"):
+        line += f"; {checkpoint['in_flight']} in progress"
+    lines = [line]
+    if checkpoint.get("last_error"):
+        lines.append(f"checkpoint error: {checkpoint['last_error']}")
+    return lines
 
 
 @click.command()
@@ -119,6 +158,8 @@ def status(run_id: str | None, as_json: bool, home: str | None) -> None:
     """Show live runs and their stages, or one run by id (or prefix).
 
     Per stage: pid, state, restarts, records in and out, rate, last error.
+    For a run that takes checkpoints: the newest one, its age, how many
+    were stored and failed, and the checkpoint directory.
 
     \b
     Examples:

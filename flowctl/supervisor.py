@@ -486,11 +486,15 @@ class Run:
             stage.state = "failed"
             where = (f"checkpoint {last.id}" if last is not None
                      else "the beginning")
-            self._begin_failure(
-                f"{self._stage_failure(stage, reason)}. The pipeline does "
-                f"not recover by itself (recovery.mode: "
-                f"{driver.config.recovery.mode}); run it with --resume to "
-                f"go on from {where}")
+            if driver.config.recovery.mode == "manual":
+                advice = (f"The pipeline does not recover by itself "
+                          f"(recovery.mode: manual); run it with --resume "
+                          f"to go on from {where}")
+            else:
+                advice = ("Checkpoints are not restored (recovery.mode: "
+                          "off)")
+            self._begin_failure(f"{self._stage_failure(stage, reason)}. "
+                                f"{advice}")
             return
         self.recovering = True
         self.recovery_at = time.monotonic() + delay

@@ -118,8 +118,9 @@ class FileSource(Source, Checkpointable):
         self.lines_read = 0
         self.records_read = 0
         if self.path == "-":
-            self.file = os.fdopen(os.dup(context().open_stdin().fileno()),
-                                  "rb")
+            # The text file object owns the descriptor; keep it open.
+            self.stdin = context().open_stdin()
+            self.file = self.stdin.buffer
             self.identity: dict[str, Any] = {}
             return
         if self.path.endswith(".gz"):
@@ -172,15 +173,15 @@ class FileSource(Source, Checkpointable):
         saved = state.get("identity") or {}
         head = int(saved.get("head_size", 0))
         status = os.stat(self.path)
+        if not self.path.endswith(".gz") and status.st_size < offset:
+            raise ValueError(
+                f"{self.path} was truncated: it has {status.st_size} bytes, "
+                f"but the checkpoint had read {offset}")
         if _head_hash(self.path, head) != saved.get("head_sha256"):
             raise ValueError(
                 f"{self.path} is not the file the checkpoint read: its first "
                 f"{head} bytes differ (the file was replaced or rewritten), "
                 f"so the saved offset {offset} means nothing in it")
-        if not self.path.endswith(".gz") and status.st_size < offset:
-            raise ValueError(
-                f"{self.path} was truncated: it has {status.st_size} bytes, "
-                f"but the checkpoint had read {offset}")
         self.file.seek(offset)
         if self.file.tell() != offset:
             raise ValueError(

@@ -4,7 +4,8 @@ are stored.
 `storage` defines the interface every backend implements; `local` stores
 checkpoints as directories on the local disk; `manifest` describes one
 checkpoint.
-
-NOTE: runs do not take checkpoints yet; this package is the storage layer
-that barrier-aligned checkpointing will write through.
+`config` is the pipeline file's section; `coordinator` schedules, collects
+and stores checkpoints during a run; `driver` connects it with the
+supervisor; `recovery` picks and checks the checkpoint to resume from;
+`cli` is `flowctl checkpoint`.
 """

@@ -97,7 +97,8 @@ class Coordinator:
         records = self.config.records
         if records is None or source_records - self.records_at_last < records:
             return False
-        floor = (self.interval if self.config.strategy == "adaptive"
+        floor = (self.config.adaptive.min_interval
+                 if self.config.strategy == "adaptive"
                  else MIN_RECORDS_INTERVAL)
         return since >= floor
 
@@ -165,21 +166,20 @@ class Coordinator:
                             pipeline=self.pipeline.name, run_id=self.run_id,
                             final=final)
         try:
-            self._store(manifest, reports)
+            self._store(manifest, reports, started)
         except StorageError as error:
             self.failed += 1
             self.last_error = str(error)
             self._discard(manifest.id)
             raise
-        finished = time.monotonic()
-        manifest.duration = finished - started
-        self._measure(manifest.duration)
+        self._measure(time.monotonic() - started)
         self.last = manifest
         self.completed += 1
         self._apply_retention()
         return manifest
 
-    def _store(self, manifest: Manifest, reports: dict[str, dict]) -> None:
+    def _store(self, manifest: Manifest, reports: dict[str, dict],
+               started: float) -> None:
         include = self.config.include
         written = 0
         for spec in self.pipeline.stages:
@@ -211,6 +211,7 @@ class Coordinator:
                 manifest.parts[name] = part
                 entry["part"] = name
             manifest.stages[spec.id] = entry
+        manifest.duration = time.monotonic() - started
         self.storage.publish(manifest)
 
     def _discard(self, checkpoint_id: str) -> None:

@@ -20,6 +20,10 @@ from flowctl.checkpoints.coordinator import Coordinator
 from flowctl.checkpoints.recovery import RestorePlan, read_states
 from flowctl.checkpoints.storage import StorageError
 
+# A stage without a hello after this long is not waited for (the
+# supervisor's start-up grace).
+STARTUP_GRACE_SECONDS = 1.0
+
 if TYPE_CHECKING:
     from flowctl.process import StageProcess
     from flowctl.supervisor import Run
@@ -70,9 +74,17 @@ class CheckpointDriver:
     # The loop
 
     def expected(self) -> list[str]:
-        """Stages whose part every checkpoint needs."""
-        return [stage.spec.id for stage in self.run.stages.values()
-                if stage.can_checkpoint]
+        """Stages whose part every checkpoint needs: those that said they
+        take part, and those that may still say so because they started
+        moments ago and have not sent their hello yet."""
+        now = time.time()
+        expected = []
+        for stage in self.run.stages.values():
+            starting = (stage.alive and not stage.greeted
+                        and now - stage.started_at < STARTUP_GRACE_SECONDS)
+            if stage.can_checkpoint or starting:
+                expected.append(stage.spec.id)
+        return expected
 
     def source_records(self) -> int:
         return sum(stage.totals.get("records_out", 0)

@@ -126,8 +126,12 @@ class LocalStorage:
             directory = self._path(name)
             if not os.path.isdir(directory):
                 continue
-            size = sum(entry.stat().st_size for entry in os.scandir(directory)
-                       if entry.is_file())
+            try:
+                size = sum(entry.stat().st_size
+                           for entry in os.scandir(directory)
+                           if entry.is_file())
+            except FileNotFoundError:
+                continue    # removed while it was listed
             manifest = self._load_manifest(name)
             state = "complete" if manifest is not None else "partial"
             found.append(CheckpointInfo(name, state, manifest, size))

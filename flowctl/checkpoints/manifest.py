@@ -45,8 +45,7 @@ class Manifest:
     run_id: str = ""
     # Taken after every stage reached the end of its stream.
     final: bool = False
-    # Seconds from the barrier's injection to the stored manifest, without
-    # the manifest's own write.
+    # Seconds from the barrier's injection until every part was stored.
     duration: float = 0.0
 
     def to_json(self) -> bytes:

@@ -1,0 +1,290 @@
+"""Checkpointed runs: recovery of single stages, fan-in alignment, user
+stages, foreign stages, resuming, and source files that changed."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import (FLOWCTL, STAGES, run_flowctl, stage_processes,
+                      wait_until)
+from flowctl.checkpoints.config import CheckpointConfig
+from flowctl.checkpoints.coordinator import Coordinator
+from flowctl.checkpoints.local import LocalStorage
+from flowctl.pipeline import Pipeline
+
+# Enough lines that the source is still reading when checkpoints are
+# taken: the pipes between stages hold about a megabyte each.
+LINES = 300000
+
+SETTINGS = """
+apiVersion: flowctl/v1
+kind: Pipeline
+metadata: {name: checkpointed}
+spec:
+  checkpoint: {interval: 0.2s, directory: ck, retain: 5}
+  supervisor:
+    restart: {backoff: {initial: 0.1s, jitter: 0}, max_restarts: 20}
+"""
+
+
+def write_stages(directory: Path, stages: str) -> None:
+    """Write pipeline.yaml: SETTINGS and the given stage sections."""
+    text = SETTINGS + textwrap.indent(textwrap.dedent(stages), "  ")
+    (directory / "pipeline.yaml").write_text(text)
+
+
+def complete_checkpoints(directory: Path) -> list[str]:
+    return sorted(path.parent.name
+                  for path in (directory / "ck").glob("*/manifest.json"))
+
+
+def newest_checkpoint(directory: Path) -> int:
+    found = complete_checkpoints(directory)
+    return int(found[-1]) if found else 0
+
+
+def stage_process(home: Path, stage_id: str) -> psutil.Process | None:
+    for process in stage_processes(str(home)):
+        try:
+            if process.environ().get("FLOWCTL_STAGE_ID") == stage_id:
+                return process
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def start(directory: Path, env: dict[str, str], spawned: list,
+          *extra: str) -> subprocess.Popen:
+    process = subprocess.Popen(
+        FLOWCTL + ["run", "pipeline.yaml", "--no-live", *extra],
+        cwd=directory, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    spawned.append(process)
+    return process
+
+
+def kill_stage_after_checkpoints(directory: Path, home: Path, stage_id: str,
+                                 count: int) -> None:
+    """SIGKILL a stage once `count` more checkpoints are complete."""
+    wanted = newest_checkpoint(directory) + count
+    wait_until(lambda: newest_checkpoint(directory) >= wanted, 60)
+    process = wait_until(lambda: stage_process(home, stage_id), 30)
+    process.kill()
+
+
+def read_jsonl(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_csv_sink_exact_after_kills(tmp_path, env, home, spawned):
+    write_stages(tmp_path, """
+      sources:
+        - {id: numbers, stage: generate, config: {count: 30000, rate: 15000}}
+      processors:
+        - {id: square, stage: map, inputs: [numbers],
+           config: {expr: "{'n': r['seq'], 'square': r['seq'] ** 2}"}}
+      sinks:
+        - {id: table, stage: write-csv, inputs: [square],
+           config: {path: out.csv}}
+    """)
+    process = start(tmp_path, env, spawned)
+    kill_stage_after_checkpoints(tmp_path, home, "table", 2)
+    kill_stage_after_checkpoints(tmp_path, home, "square", 2)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    assert stderr.count("restarting every stage from checkpoint") == 2
+    with open(tmp_path / "out.csv", newline="") as file:
+        rows = list(csv.reader(file))
+    assert rows[0] == ["n", "square"]
+    assert rows[1:] == [[str(n), str(n * n)] for n in range(30000)]
+    assert not (tmp_path / ".out.csv.flowctl").exists()
+
+
+def test_fan_in_aligns_barriers(tmp_path, env, home, spawned):
+    write_stages(tmp_path, """
+      sources:
+        - {id: evens, stage: generate, config: {count: 20000, rate: 10000}}
+        - {id: odds, stage: generate, config: {count: 20000, rate: 7000}}
+      processors:
+        - {id: tag-evens, stage: map, inputs: [evens],
+           config: {expr: "{'n': r['seq'] * 2}"}}
+        - {id: tag-odds, stage: map, inputs: [odds],
+           config: {expr: "{'n': r['seq'] * 2 + 1}"}}
+      sinks:
+        - {id: merged, stage: write-jsonl, inputs: [tag-evens, tag-odds],
+           config: {path: out.jsonl}}
+    """)
+    process = start(tmp_path, env, spawned)
+    kill_stage_after_checkpoints(tmp_path, home, "merged", 2)
+    kill_stage_after_checkpoints(tmp_path, home, "odds", 2)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    numbers = [record["n"] for record in read_jsonl(tmp_path / "out.jsonl")]
+    assert Counter(numbers) == Counter(range(40000))
+    assert [n for n in numbers if n % 2 == 0] == list(range(0, 40000, 2))
+    assert [n for n in numbers if n % 2 == 1] == list(range(1, 40000, 2))
+
+
+def test_user_stage_state_survives_recovery(tmp_path, env, home, spawned):
+    write_stages(tmp_path, f"""
+      sources:
+        - {{id: numbers, stage: generate, config: {{count: 20000, rate: 10000}}}}
+      processors:
+        - {{id: sum, command: [{sys.executable}, {STAGES / 'running_sum.py'}],
+           inputs: [numbers]}}
+      sinks:
+        - {{id: out, stage: write-jsonl, inputs: [sum],
+           config: {{path: out.jsonl}}}}
+    """)
+    process = start(tmp_path, env, spawned)
+    kill_stage_after_checkpoints(tmp_path, home, "sum", 2)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    assert "restarting every stage from checkpoint" in stderr
+    records = read_jsonl(tmp_path / "out.jsonl")
+    assert records == [{"seq": n, "sum": n * (n + 1) // 2}
+                       for n in range(20000)]
+
+
+def test_foreign_stage_forwards_barriers(tmp_path, env, home, spawned):
+    write_stages(tmp_path, f"""
+      sources:
+        - {{id: numbers, stage: generate, config: {{count: 20000, rate: 10000}}}}
+      processors:
+        - {{id: double, command: [{sys.executable}, {STAGES / 'foreign_stage.py'}],
+           config: {{field: seq}}, inputs: [numbers]}}
+      sinks:
+        - {{id: out, stage: write-jsonl, inputs: [double],
+           config: {{path: out.jsonl}}}}
+    """)
+    process = start(tmp_path, env, spawned)
+    kill_stage_after_checkpoints(tmp_path, home, "out", 2)
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 0, stderr
+    assert "timed out" not in stderr
+    assert read_jsonl(tmp_path / "out.jsonl") == [
+        {"seq": 2 * n} for n in range(20000)]
+
+
+def lines_pipeline(tmp_path: Path) -> None:
+    write_stages(tmp_path, """
+      sources:
+        - {id: lines, stage: read-lines, config: {path: in.txt}}
+      processors:
+        - {id: slow, stage: map, inputs: [lines],
+           config: {expr: "__import__('time').sleep(0.00001) or r"}}
+      sinks:
+        - {id: out, stage: write-jsonl, inputs: [slow],
+           config: {path: out.jsonl}}
+    """)
+
+
+def stop_after_checkpoints(tmp_path: Path, env: dict[str, str],
+                           spawned: list) -> None:
+    process = start(tmp_path, env, spawned)
+    wait_until(lambda: newest_checkpoint(tmp_path) >= 2, 60)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_resume_after_flowctl_killed(tmp_path, env, spawned):
+    lines = [f"line {n}" for n in range(LINES)]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    lines_pipeline(tmp_path)
+    stop_after_checkpoints(tmp_path, env, spawned)
+
+    result = run_flowctl(["run", "pipeline.yaml", "--resume", "--no-live"],
+                         env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "resuming from checkpoint" in result.stderr
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"line": line}
+                                                 for line in lines]
+
+
+def test_resume_rejects_replaced_source_file(tmp_path, env, spawned):
+    (tmp_path / "in.txt").write_text(
+        "".join(f"line {n}\n" for n in range(LINES)))
+    lines_pipeline(tmp_path)
+    stop_after_checkpoints(tmp_path, env, spawned)
+    (tmp_path / "in.txt").write_text(
+        "".join(f"other {n}\n" for n in range(LINES)))
+
+    result = run_flowctl(["run", "pipeline.yaml", "--resume", "--no-live"],
+                         env, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "stage 'lines' failed at start" in result.stderr
+    assert "in.txt is not the file the checkpoint read" in result.stderr
+
+
+def test_resume_rejects_truncated_source_file(tmp_path, env, spawned):
+    (tmp_path / "in.txt").write_text(
+        "".join(f"line {n}\n" for n in range(LINES)))
+    lines_pipeline(tmp_path)
+    stop_after_checkpoints(tmp_path, env, spawned)
+    with open(tmp_path / "in.txt", "r+") as file:
+        file.truncate(100)
+
+    result = run_flowctl(["run", "pipeline.yaml", "--resume", "--no-live"],
+                         env, cwd=tmp_path)
+
+    assert result.returncode == 1
+    assert "in.txt was truncated: it has 100 bytes" in result.stderr
+
+
+def test_resume_of_finished_run_adds_nothing(tmp_path, env):
+    (tmp_path / "in.txt").write_text("".join(f"{n}\n" for n in range(500)))
+    lines_pipeline(tmp_path)
+    first = run_flowctl(["run", "pipeline.yaml", "--no-live"], env,
+                        cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    final = complete_checkpoints(tmp_path)[-1]
+
+    again = run_flowctl(["run", "pipeline.yaml", "--resume", "--no-live"],
+                        env, cwd=tmp_path)
+
+    assert again.returncode == 0, again.stderr
+    assert f"resuming from the final checkpoint {final}" in again.stderr
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"line": str(n)}
+                                                 for n in range(500)]
+
+
+def test_resume_without_checkpointing_is_usage_error(tmp_path, env):
+    result = run_flowctl(["run", "-e", "generate count=3 | discard",
+                          "--resume"], env, cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert "--resume and --from need checkpointing" in result.stderr
+
+
+def test_adaptive_interval_follows_cost(tmp_path):
+    config = CheckpointConfig(enabled=True, strategy="adaptive", interval=30)
+    config.adaptive.min_interval = 1.0
+    config.adaptive.max_interval = 60.0
+    config.adaptive.target_share = 0.1
+    coordinator = Coordinator(config, LocalStorage(str(tmp_path)),
+                              Pipeline(name="p", source="-", stages=[]), "run")
+
+    assert coordinator.interval == 30
+    coordinator._measure(0.5)
+    assert coordinator.interval == pytest.approx(5.0)
+    coordinator._measure(0.5 + 10 / 0.3)
+    assert coordinator.interval == 60.0
+    coordinator.cost = 0.01
+    assert coordinator.interval == 1.0
