@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 import msgpack
 
-from flowctl.stage import IDLE, Checkpointable, Source, run
+from flowctl.stage import IDLE, Checkpointable, Source, context, run
 
 BATCH = 1024
 
@@ -23,6 +23,8 @@ class Generate(Source, Checkpointable):
         self.rate = config.get("rate")
         size = config.get("payload")
         self.payload = "x" * size if size else None
+        # Lists no longer than a frame's batch, so frames.batch_size holds.
+        self.batch = min(BATCH, context().batch_size)
         # The next sequence number: what a checkpoint saves.
         self.next_seq = 0
 
@@ -59,10 +61,11 @@ class Generate(Source, Checkpointable):
 
     def _fast(self) -> Iterator[list[dict[str, int]]]:
         first = self.next_seq
-        starts = (range(first, self.count, BATCH) if self.count is not None
-                  else itertools.count(first, BATCH))
+        batch = self.batch
+        starts = (range(first, self.count, batch) if self.count is not None
+                  else itertools.count(first, batch))
         for start in starts:
-            end = start + BATCH
+            end = start + batch
             if self.count is not None:
                 end = min(end, self.count)
             self.next_seq = end

@@ -124,9 +124,14 @@ class CheckpointDriver:
                 or self.coordinator.final_done:
             return False
         finals = self.coordinator.finals
+        expected = set(self.expected())
         sources_running = False
         for stage in run.stages.values():
             if stage.spec.id in finals:
+                continue
+            if stage.spec.id not in expected:
+                # Takes no part (a foreign stage without the feature): it
+                # only has to pass barriers on, if it is still running.
                 continue
             if not (stage.alive and stage.greeted and stage.state == "running"):
                 return False

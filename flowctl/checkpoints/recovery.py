@@ -102,9 +102,13 @@ def read_states(storage: CheckpointStorage,
             states[stage_id] = None
             continue
         part = manifest.parts[name]
+        stored = storage.read_part(manifest.id, name)
+        if len(stored) != part.size or checksum(stored) != part.sha256:
+            raise StorageError(f"part {name!r} of checkpoint {manifest.id} "
+                               f"does not match its size and checksum in "
+                               f"the manifest")
         try:
-            states[stage_id] = decode_part(storage.read_part(manifest.id,
-                                                             name), part)
+            states[stage_id] = decode_part(stored, part)
         except ValueError as error:
             raise StorageError(f"part {name!r} of checkpoint {manifest.id}: "
                                f"{error}") from None
