@@ -203,7 +203,14 @@ def _checkpoints(pipeline: Pipeline, run_id: str, view: View,
     from flowctl.checkpoints.recovery import (RecoveryError, RestorePlan,
                                               plan_resume)
 
+    from flowctl.checkpoints.storage import StorageError
+
     storage = LocalStorage(config.directory)
+    try:
+        storage.lock()
+    except StorageError as error:
+        click.echo(f"flowctl: {error}", err=True)
+        sys.exit(EXIT_USAGE)
     if resume or from_id:
         try:
             plan = plan_resume(storage, config, pipeline,

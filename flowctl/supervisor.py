@@ -321,16 +321,21 @@ class Run:
     # Events from stages
 
     def _on_control(self, stage: StageProcess) -> None:
-        for message in stage.read_control():
+        self._handle_messages(stage, stage.read_control())
+        if stage.control is None:
+            self._unregister_data(("control", stage))
+
+    def _handle_messages(self, stage: StageProcess,
+                         messages: list[dict[str, Any]]) -> None:
+        for message in messages:
             kind = message.get("type")
             if kind == "rewired":
                 self._close_retired((stage.spec.id,
                                      str(message.get("direction")),
                                      int(message.get("index", 0))))
-            elif kind == "checkpoint" and self.checkpoints is not None:
+            elif (kind == "checkpoint" and self.checkpoints is not None
+                  and not self.recovering):
                 self.checkpoints.on_report(stage, message)
-        if stage.control is None:
-            self._unregister_data(("control", stage))
 
     def _unregister_data(self, data: tuple) -> None:
         for key in list(self.selector.get_map().values()):
@@ -356,6 +361,9 @@ class Run:
             self._unregister_data(("control", stage))
             while stage.control is not None:
                 messages = stage.read_control()
+                # A stage's last report (its final state, say) may come
+                # together with its exit.
+                self._handle_messages(stage, messages)
                 if not messages and stage.control is not None:
                     break
             stage.close_control()

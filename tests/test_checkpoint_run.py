@@ -288,3 +288,24 @@ def test_adaptive_interval_follows_cost(tmp_path):
     assert coordinator.interval == 60.0
     coordinator.cost = 0.01
     assert coordinator.interval == 1.0
+
+
+def test_checkpoint_directory_used_by_one_run(tmp_path, env, spawned):
+    first = subprocess.Popen(
+        FLOWCTL + ["run", "-e", "generate rate=1000 | discard",
+                   "--checkpoint-dir", "ck", "--no-live"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    spawned.append(first)
+    wait_until(lambda: (tmp_path / "ck" / ".lock").exists()
+               and (tmp_path / "ck" / ".lock").read_text())
+
+    second = run_flowctl(["run", "-e", "generate count=3 | discard",
+                          "--checkpoint-dir", "ck", "--no-live"], env,
+                         cwd=tmp_path)
+
+    assert second.returncode == 2
+    assert second.stderr == (
+        f"flowctl: the checkpoint directory {tmp_path / 'ck'} is in use by "
+        f"another flowctl run (pid {first.pid}); give this run its own "
+        f"directory\n")

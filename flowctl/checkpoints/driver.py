@@ -179,6 +179,11 @@ class CheckpointDriver:
             self._proceed_with_stop()
 
     def on_report(self, stage: StageProcess, message: dict[str, Any]) -> None:
+        # The stage counts from zero in each incarnation; the checkpoint
+        # keeps the counts over the whole run.
+        message = {**message, **{key: stage.base_stats.get(key, 0)
+                                 + int(message.get(key) or 0)
+                                 for key in ("records_in", "records_out")}}
         self.coordinator.report(stage.spec.id, message)
         run = self.run
         if (message.get("final") and stage.spec.role == "sink"

@@ -27,6 +27,7 @@ from flowctl.checkpoints.manifest import Manifest
 from flowctl.checkpoints.storage import CheckpointInfo, StorageError
 
 MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".lock"
 TEMPORARY_SUFFIX = ".tmp"
 
 
@@ -148,6 +149,31 @@ class LocalStorage:
             # An unreadable manifest makes the checkpoint partial: it can
             # be listed and removed, never restored.
             return None
+
+    def lock(self) -> None:
+        import fcntl
+
+        path = os.path.join(self.location, LOCK_NAME)
+        try:
+            os.makedirs(self.location, mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise StorageError(f"cannot use the checkpoint directory "
+                               f"{self.location}: "
+                               f"{describe_os_error(error)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip()
+            os.close(fd)
+            raise StorageError(
+                f"the checkpoint directory {self.location} is in use by "
+                f"another flowctl run (pid {holder or 'unknown'}); give this "
+                f"run its own directory") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode("ascii"))
+        # The descriptor stays open, and the lock held, until flowctl exits.
+        self._lock_fd = fd
 
     def delete(self, checkpoint_id: str) -> None:
         directory = self._path(checkpoint_id)

@@ -52,3 +52,8 @@ class CheckpointStorage(Protocol):
 
     def delete(self, checkpoint_id: str) -> None:
         """Remove a checkpoint and all its parts."""
+
+    def lock(self) -> None:
+        """Claim the storage for this run until the process exits; raise
+        StorageError when another run holds it (checkpoint ids would
+        collide)."""
