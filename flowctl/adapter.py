@@ -150,6 +150,15 @@ class Program:
 
 def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
          success_codes: list[int]) -> None:
+    if ctx.restored_finished:
+        # Resumed from a checkpoint taken after this stage's end: running
+        # the program again would repeat its output.
+        ctx.ready()
+        while ctx.inputs.next_frame(ctx.report_stats) is not None:
+            pass
+        _report_final(ctx, role)
+        ctx.finish()
+        return
     program = Program(argv, role)
     process = program.start()
     ctx.ready()

@@ -309,3 +309,22 @@ def test_checkpoint_directory_used_by_one_run(tmp_path, env, spawned):
         f"flowctl: the checkpoint directory {tmp_path / 'ck'} is in use by "
         f"another flowctl run (pid {first.pid}); give this run its own "
         f"directory\n")
+
+
+def test_resume_of_finished_run_skips_programs(tmp_path, env):
+    (tmp_path / "in.txt").write_text("a\nb\nc\n")
+    arguments = ["run", "-e", "exec seq 3 | write-jsonl path=numbers.jsonl",
+                 "--checkpoint-dir", "ck1", "--no-live"]
+    counting = ["run", "-e", "read-lines path=in.txt | exec wc -l "
+                "| write-jsonl path=count.jsonl",
+                "--checkpoint-dir", "ck2", "--no-live"]
+    for args in (arguments, counting):
+        first = run_flowctl(args, env, cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        again = run_flowctl(args + ["--resume"], env, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr
+        assert "resuming from the final checkpoint" in again.stderr
+
+    assert read_jsonl(tmp_path / "numbers.jsonl") == [
+        {"line": "1"}, {"line": "2"}, {"line": "3"}]
+    assert read_jsonl(tmp_path / "count.jsonl") == [{"line": "3"}]
