@@ -52,3 +52,62 @@ def become_subreaper() -> None:
     started itself is adopted by init and may survive.
     """
     _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+# Process inspection through /proc, for the orchestrator's hot paths:
+# importing psutil costs tens of milliseconds at every start.
+
+def children_of(pid: int) -> list[int]:
+    """Return the pids of a process's children (Linux /proc)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                found.extend(int(child) for child in file.read().split())
+        except OSError:
+            continue
+    return found
+
+
+def descendants_of(pid: int) -> list[int]:
+    """Return the pids of a process's children, their children, and so on."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        children = children_of(pending.pop())
+        found.extend(children)
+        pending.extend(children)
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """Return the fields of /proc/PID/stat after the command name."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            text = file.read()
+    except OSError:
+        return None
+    # The command name is in parentheses and may itself contain spaces.
+    return text[text.rindex(")") + 2:].split()
+
+
+def is_zombie(pid: int) -> bool:
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] == "Z"
+
+
+def start_time(pid: int) -> float | None:
+    """Return when a process started, in seconds since the epoch, computed
+    as psutil's create_time is: boot time plus the start in clock ticks."""
+    fields = _stat_fields(pid)
+    if fields is None:
+        return None
+    with open("/proc/stat") as file:
+        boot = next(float(line.split()[1]) for line in file
+                    if line.startswith("btime "))
+    # starttime is field 22 of stat; fields here start at field 3.
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")

@@ -20,7 +20,7 @@ from typing import Any
 
 from flowctl import adapter, codecs, protocol, runtime
 from flowctl.builtins import BUILTINS, module_argv
-from flowctl.lifetime import child_setup
+from flowctl.lifetime import child_setup, descendants_of
 from flowctl.pipeline import Pipeline, StageSpec
 
 STDERR_READ_SIZE = 65536
@@ -332,17 +332,15 @@ class StageProcess:
         """
         if self.pid is None:
             return
-        import psutil
-
-        try:
-            children = psutil.Process(self.pid).children(recursive=True)
-        except psutil.Error:
-            children = []
+        # Once reaped, the pid may belong to another process; what the
+        # stage left behind was adopted by flowctl, which kills it at the
+        # end of the run.
+        children = descendants_of(self.pid) if self.exit_code is None else []
         self.signal(signal.SIGKILL)
         for child in children:
             try:
-                child.kill()
-            except psutil.Error:
+                os.kill(child, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
                 pass
 
     @property

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-import psutil
+from flowctl.lifetime import is_zombie, start_time
+
 
 DATABASE_NAME = "registry.db"
 BUSY_TIMEOUT_SECONDS = 5.0
@@ -74,14 +75,11 @@ class RunRow:
 
     def is_alive(self) -> bool:
         """Return whether the flowctl process of this run is still running."""
-        try:
-            process = psutil.Process(self.pid)
-            if abs(process.create_time() - self.process_started) >= 1.0:
-                return False
-            # An exited flowctl whose parent has not reaped it yet.
-            return process.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
+        started = start_time(self.pid)
+        if started is None or abs(started - self.process_started) >= 1.0:
             return False
+        # An exited flowctl whose parent has not reaped it yet.
+        return not is_zombie(self.pid)
 
 
 class Registry:
@@ -111,7 +109,7 @@ class Registry:
                 stages: Iterable[tuple[str, str, str]]) -> None:
         """Record a new run and its stages as (id, role, log path)."""
         now = time.time()
-        started = psutil.Process(os.getpid()).create_time()
+        started = start_time(os.getpid())
         with self.connection:
             self.connection.execute("BEGIN")
             self.connection.execute(

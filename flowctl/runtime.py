@@ -14,7 +14,9 @@ import socket
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 import msgpack
 

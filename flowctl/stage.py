@@ -25,8 +25,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
-from typing import Any, Callable, Iterable, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Iterator
 
 from flowctl import faults, protocol
 from flowctl.runtime import (EXIT_BAD_INPUT, EXIT_UPSTREAM_FAILED, BadInput,
@@ -239,6 +240,8 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
     except BadInput as error:
         ctx.fail(str(error), EXIT_BAD_INPUT, upstream=error.stage)
     except _RecordFailed as error:
+        import traceback
+
         traceback.print_exception(error.cause, file=sys.stderr)
         sys.stderr.flush()
         ctx.fail(f"{type(error.cause).__name__}: {error.cause} "
@@ -254,6 +257,8 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
         # names the file and the cause.
         ctx.fail(f"{type(error).__name__}: {error}")
     except Exception as error:  # noqa: BLE001 - every failure is reported
+        import traceback
+
         traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
         ctx.fail(f"{type(error).__name__}: {error}")

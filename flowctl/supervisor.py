@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from flowctl import protocol, runtime
 from flowctl.display import RateMeter, View
 from flowctl.home import run_directory
-from flowctl.lifetime import become_subreaper
+from flowctl.lifetime import become_subreaper, children_of, is_zombie
 from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
 from flowctl.restarts import RestartTracker
@@ -157,8 +157,8 @@ class Run:
         self._open_registry()
 
     def _open_registry(self) -> None:
-        # Imported here, after the stages have been started: SQLite and
-        # psutil need not delay them.
+        # Imported here, after the stages have been started: SQLite need
+        # not delay them.
         from flowctl.registry import Registry
 
         self.control_server = ControlServer(self.directory, self.run_id,
@@ -862,24 +862,18 @@ class Run:
         Only processes that are not stages are touched: a stage's exit
         status belongs to its Popen object.
         """
-        import psutil
-
         stage_pids = {stage.pid for stage in self.stages.values()
                       if stage.alive}
-        try:
-            children = psutil.Process().children()
-        except psutil.Error:
-            return
-        for child in children:
-            if child.pid in stage_pids:
+        for child in children_of(os.getpid()):
+            if child in stage_pids:
                 continue
             try:
                 if kill:
-                    child.kill()
-                elif child.status() != psutil.STATUS_ZOMBIE:
+                    os.kill(child, signal.SIGKILL)
+                elif not is_zombie(child):
                     continue
-                os.waitpid(child.pid, 0 if kill else os.WNOHANG)
-            except (psutil.Error, ChildProcessError):
+                os.waitpid(child, 0 if kill else os.WNOHANG)
+            except (ProcessLookupError, ChildProcessError):
                 pass
 
     # Clean-up and the result

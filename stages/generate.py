@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any, Iterator
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 import msgpack
 

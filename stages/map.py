@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 from flowctl.stage import Processor, run
 from flowctl.stages._common import compile_batch, compile_expression

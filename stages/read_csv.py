@@ -13,7 +13,7 @@ import re
 from typing import Any, Iterator
 
 from flowctl.stage import run
-from flowctl.stages._common import FileSource
+from flowctl.stages._files import FileSource
 
 
 NUMBER_START = frozenset("0123456789+-.")

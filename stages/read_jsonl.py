@@ -6,7 +6,7 @@ import json
 from typing import Any, Iterator
 
 from flowctl.stage import run
-from flowctl.stages._common import FileSource
+from flowctl.stages._files import FileSource
 
 
 class ReadJsonl(FileSource):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from flowctl.stage import run
-from flowctl.stages._common import FileSource
+from flowctl.stages._files import FileSource
 
 
 class ReadLines(FileSource):

@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from flowctl.stage import run
-from flowctl.stages._common import FileSink
+from flowctl.stages._files import FileSink
 
 
 class WriteCsv(FileSink):

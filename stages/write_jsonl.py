@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from flowctl.stage import run
-from flowctl.stages._common import FileSink
+from flowctl.stages._files import FileSink
 
 
 class WriteJsonl(FileSink):
