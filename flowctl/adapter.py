@@ -198,6 +198,11 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
             _read_output(ctx, program, codec_name, restart_at_barrier)
         else:
             _wait_for(ctx, program, restart_at_barrier)
+    except codecs.CodecError:
+        # A program killed in the middle of a line leaves a cut-off last
+        # line: its exit status is the real failure.
+        check_exit(program.process.wait())
+        raise
     except OutputsClosed:
         # No stage reads this one any more: end the executable quietly.
         program.process.kill()

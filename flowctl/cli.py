@@ -181,6 +181,12 @@ def _checkpoints(pipeline: Pipeline, run_id: str, view: View,
                  directory: str | None, resume: bool, from_id: str | None):
     """Set up checkpointing for a run; exit 2 if it cannot resume."""
     config = pipeline.checkpoint
+    if directory == "":
+        raise click.UsageError("--checkpoint-dir needs a directory, not an "
+                               "empty value")
+    if from_id == "":
+        raise click.UsageError("--from needs a checkpoint id, not an empty "
+                               "value")
     if directory is not None:
         config.enabled = True
         config.directory = directory

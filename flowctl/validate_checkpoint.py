@@ -63,6 +63,13 @@ def check_checkpoint(checker: Validator, spec: dict) -> CheckpointConfig:
     _read(checker, section, SECTION, "interval", _duration, config)
     _read(checker, section, SECTION, "strategy", _one_of(STRATEGIES), config)
     _read(checker, section, SECTION, "include", _include, config)
+    if "include" in section and "source_offsets" not in config.include:
+        checker.warning(
+            SECTION + ("include",),
+            "include leaves out source_offsets: after a recovery or a "
+            "resume the sources start from the beginning, while the sinks "
+            "keep what they committed, so those records are written twice",
+            "add source_offsets unless the sinks can take duplicates")
     _read(checker, section, SECTION, "retain", _positive_integer, config)
     _check_storage(checker, section, config)
     _check_triggers(checker, section, config)
@@ -327,6 +334,9 @@ def _check_recovery(checker: Validator) -> Recovery:
     recovery = Recovery()
     path = SECTION + ("recovery",)
     block = _block(checker, path, RECOVERY_KEYS)
+    if block.get("mode") is False:
+        # YAML 1.1 reads an unquoted off as false.
+        block = {**block, "mode": "off"}
     _read(checker, block, path, "mode", _one_of(MODES), recovery)
     strategy_path = path + ("strategy",)
     strategy = _block(checker, strategy_path, RECOVERY_STRATEGY_KEYS)

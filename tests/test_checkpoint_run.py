@@ -328,3 +328,63 @@ def test_resume_of_finished_run_skips_programs(tmp_path, env):
     assert read_jsonl(tmp_path / "numbers.jsonl") == [
         {"line": "1"}, {"line": "2"}, {"line": "3"}]
     assert read_jsonl(tmp_path / "count.jsonl") == [{"line": "3"}]
+
+
+def test_other_directories_are_left_alone(tmp_path, env):
+    checkpoints = tmp_path / "ck"
+    (checkpoints / ".git").mkdir(parents=True)
+    (checkpoints / ".git" / "HEAD").write_text("ref\n")
+    (checkpoints / "backup").mkdir()
+    (tmp_path / "in.txt").write_text("".join(f"{n}\n" for n in range(LINES)))
+    lines_pipeline(tmp_path)
+
+    result = run_flowctl(["run", "pipeline.yaml", "--no-live"], env,
+                         cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert (checkpoints / ".git" / "HEAD").read_text() == "ref\n"
+    assert (checkpoints / "backup").is_dir()
+    listing = run_flowctl(["checkpoint", "list", "ck"], env, cwd=tmp_path)
+    assert "backup" not in listing.stdout
+    assert ".git" not in listing.stdout
+
+
+def test_checkpoint_ids_sort_as_numbers(tmp_path, env, spawned):
+    (tmp_path / "in.txt").write_text("".join(f"{n}\n" for n in range(LINES)))
+    lines_pipeline(tmp_path)
+    stop_after_checkpoints(tmp_path, env, spawned)
+    newest = complete_checkpoints(tmp_path)[-1]
+    manifest = json.loads((tmp_path / "ck" / newest / "manifest.json")
+                          .read_text())
+    for name in complete_checkpoints(tmp_path):
+        if name != newest:
+            subprocess.run(["rm", "-r", str(tmp_path / "ck" / name)],
+                           check=True)
+    manifest["id"] = "999999"
+    (tmp_path / "ck" / newest).rename(tmp_path / "ck" / "999999")
+    (tmp_path / "ck" / "999999" / "manifest.json").write_text(
+        json.dumps(manifest))
+
+    result = run_flowctl(["run", "pipeline.yaml", "--resume", "--no-live"],
+                         env, cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert "resuming from checkpoint 999999" in result.stderr
+    final = complete_checkpoints(tmp_path)
+    assert max(final, key=int) == str(max(int(name) for name in final))
+    assert int(max(final, key=int)) >= 1000000
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"line": str(n)}
+                                                 for n in range(LINES)]
+
+
+def test_sink_killed_in_final_commit_recovers(tmp_path, env):
+    result = run_flowctl(["run", "-e",
+                          "generate count=10 | write-jsonl path=out.jsonl",
+                          "--checkpoint-dir", "ck", "--no-live"],
+                         {**env, "FLOWCTL_FAULT": "commit@write-jsonl#1"},
+                         cwd=tmp_path, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "restarting every stage from checkpoint 000001" in result.stderr
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"seq": n}
+                                                 for n in range(10)]

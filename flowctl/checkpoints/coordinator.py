@@ -236,9 +236,9 @@ class Coordinator:
         complete = [info for info in found if info.state == "complete"
                     and info.manifest.pipeline == self.pipeline.name]
         keep = {info.id for info in complete[-self.config.retain:]}
-        newest = self.last.id if self.last else ""
+        newest = int(self.last.id) if self.last else 0
         for info in found:
-            if info.id in keep or info.id > newest:
+            if info.id in keep or int(info.id) > newest:
                 continue
             if info.state == "partial" or info in complete:
                 self._discard(info.id)

@@ -236,6 +236,9 @@ class CheckpointDriver:
         coordinator = self.coordinator
         coordinator.abort()
         coordinator.finals.clear()
+        # A failure during the final commit: the restarted stages resume
+        # from the final checkpoint and take it again, so the sinks commit.
+        coordinator.final_done = False
         self.shutdown_pending = False
         last = coordinator.last
         where = (f"from checkpoint {last.id}" if last is not None

@@ -115,8 +115,12 @@ class LocalStorage:
                 f"from {path}: {describe_os_error(error)}") from None
 
     def list_checkpoints(self) -> list[CheckpointInfo]:
+        # Only directories named by a checkpoint number are checkpoints;
+        # anything else in the directory is left alone.  Numbers sort as
+        # numbers, so 1000000 comes after 999999.
         try:
-            names = sorted(os.listdir(self.location))
+            names = sorted((name for name in os.listdir(self.location)
+                            if name.isdigit()), key=int)
         except FileNotFoundError:
             return []
         except OSError as error:
@@ -145,7 +149,7 @@ class LocalStorage:
                 return Manifest.from_json(file.read())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, TypeError, KeyError):
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
             # An unreadable manifest makes the checkpoint partial: it can
             # be listed and removed, never restored.
             return None

@@ -54,9 +54,38 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
+        """Parse a manifest; raise ValueError if it is not a valid one.
+
+        Keys this version does not know are ignored, so a manifest written
+        by a newer flowctl with extra fields still reads.
+        """
         raw = json.loads(data.decode("utf-8"))
-        parts = {name: Part(**part) for name, part in raw.pop("parts").items()}
-        return cls(parts=parts, **raw)
+        if not isinstance(raw, dict):
+            raise ValueError("the manifest is not a JSON object")
+        parts_raw = raw.get("parts")
+        stages = raw.get("stages")
+        if not isinstance(parts_raw, dict) or not isinstance(stages, dict) \
+                or not all(isinstance(entry, dict)
+                           for entry in stages.values()):
+            raise ValueError("'parts' and 'stages' must be JSON objects")
+        part_fields = set(Part.__dataclass_fields__)
+        parts = {name: Part(**{key: value for key, value in part.items()
+                               if key in part_fields})
+                 for name, part in parts_raw.items()}
+        known = set(cls.__dataclass_fields__) - {"parts"}
+        manifest = cls(parts=parts, **{key: value for key, value in raw.items()
+                                       if key in known})
+        if not isinstance(manifest.id, str) or not manifest.id.isdigit():
+            raise ValueError(f"invalid checkpoint id {manifest.id!r}")
+        if not isinstance(manifest.created_at, (int, float)) \
+                or not isinstance(manifest.format_version, int):
+            raise ValueError("'created_at' and 'format_version' must be "
+                             "numbers")
+        for name, part in parts.items():
+            if not isinstance(part.size, int) or not isinstance(part.sha256,
+                                                                 str):
+                raise ValueError(f"part {name!r} needs a size and a sha256")
+        return manifest
 
     @property
     def number(self) -> int:

@@ -76,6 +76,11 @@ def verify(storage: CheckpointStorage, info: CheckpointInfo,
                 f"{manifest.format_version}; this flowctl reads version "
                 f"{FORMAT_VERSION}"]
     problems = []
+    for stage_id, entry in sorted(manifest.stages.items()):
+        name = entry.get("part")
+        if name is not None and name not in manifest.parts:
+            problems.append(f"stage '{stage_id}' names part {name!r}, which "
+                            f"the manifest does not list")
     for name, part in sorted(manifest.parts.items()):
         try:
             stored = storage.read_part(manifest.id, name)
@@ -204,10 +209,10 @@ def _plan_from(storage: CheckpointStorage, config: CheckpointConfig,
 
 def _check_partial(found: list[CheckpointInfo], strategy: str,
                    storage: CheckpointStorage, warn: Warn) -> None:
-    complete = [info.id for info in found if info.manifest is not None]
-    newest = complete[-1] if complete else ""
+    complete = [int(info.id) for info in found if info.manifest is not None]
+    newest = complete[-1] if complete else 0
     for info in found:
-        if info.manifest is None and info.id > newest:
+        if info.manifest is None and int(info.id) > newest:
             message = (f"checkpoint {info.id} in {storage.location} is "
                        f"partial: its manifest was never written")
             if strategy == "fail":
@@ -259,9 +264,19 @@ def _check_stages(config: CheckpointConfig, pipeline: Pipeline,
     for spec in pipeline.stages:
         entry = manifest.stages.get(spec.id)
         if entry is None:
+            if spec.role == "source":
+                effect = "it starts from the beginning of its input"
+            else:
+                effect = (f"it starts without state and gets only the "
+                          f"records that follow checkpoint {manifest.id}")
+            message = f"stage '{spec.id}' is not in checkpoint {manifest.id}"
+            if manual:
+                raise RecoveryError(
+                    f"{message}. With recovery.mode: manual the run does not "
+                    f"resume; undo the change, or run without --resume to "
+                    f"start over")
             plan.fresh.add(spec.id)
-            warn(f"stage '{spec.id}' is not in checkpoint {manifest.id}; it "
-                 f"starts from the beginning")
+            warn(f"{message}; {effect}")
             continue
         if entry.get("fingerprint") == fingerprint(spec):
             continue
@@ -281,7 +296,19 @@ def _check_stages(config: CheckpointConfig, pipeline: Pipeline,
                 f"--from, or run without --resume to start over")
         plan.fresh.add(spec.id)
         warn(f"{message}, so it starts without it (recovery.mode: auto)")
-    for stage_id in manifest.stages:
-        if stage_id not in current:
-            warn(f"stage '{stage_id}' of checkpoint {manifest.id} is no "
-                 f"longer in the pipeline; its saved state is dropped")
+    for stage_id, entry in manifest.stages.items():
+        if stage_id in current:
+            continue
+        message = (f"stage '{stage_id}' of checkpoint {manifest.id} is no "
+                   f"longer in the pipeline")
+        if entry.get("part") is None:
+            warn(f"{message}; it kept no state")
+        elif manual:
+            raise RecoveryError(
+                f"{message}, and its saved state would be lost. With "
+                f"recovery.mode: manual the run does not resume; undo the "
+                f"change, or run without --resume to start over")
+        else:
+            warn(f"{message}; its saved state is dropped, so what it held "
+                 f"(a source's position, a sink's output) does not carry "
+                 f"over")
