@@ -10,10 +10,12 @@ The stage library is importable from here::
     flowctl.run_processor(double)
 """
 
-from flowctl.stage import (IDLE, Checkpointable, Processor, Sink, Source, config, context,
-                           run, run_processor, run_sink, run_source)
+from flowctl.stage import (IDLE, Checkpointable, Processor, Sink, Source,
+                           StageError, config, context, run, run_processor,
+                           run_sink, run_source)
 
 __version__ = "0.1.0"
 
-__all__ = ["IDLE", "Checkpointable", "Processor", "Sink", "Source", "config", "context", "run",
-           "run_processor", "run_sink", "run_source", "__version__"]
+__all__ = ["IDLE", "Checkpointable", "Processor", "Sink", "Source",
+           "StageError", "config", "context", "run", "run_processor",
+           "run_sink", "run_source", "__version__"]

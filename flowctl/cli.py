@@ -174,6 +174,11 @@ def run(file: str | None, expression: str | None, home: str | None,
     outcome = runner.execute()
     if outcome.message:
         view.error(outcome.message)
+    driver = runner.checkpoints
+    if (driver is not None and outcome.exit_code not in (0, 1)
+            and driver.coordinator.last is not None):
+        view.event(f"stopped; run the same command with --resume to go on "
+                   f"from checkpoint {driver.coordinator.last.id}")
     sys.exit(outcome.exit_code)
 
 

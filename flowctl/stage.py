@@ -181,6 +181,11 @@ def _restore(ctx: Context, stage: Any) -> None:
         stage.restore_checkpoint(restore["state"])
 
 
+class StageError(Exception):
+    """A failure whose message says everything: reported without a
+    traceback (a changed input file, say)."""
+
+
 _NOTHING = object()
 
 
@@ -252,6 +257,8 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
         # program in a shell pipeline ends quietly on SIGPIPE.
         ctx.done()
         os._exit(0)
+    except StageError as error:
+        ctx.fail(str(error))
     except OSError as error:
         # A missing or unwritable file needs no traceback: the message
         # names the file and the cause.

@@ -16,8 +16,11 @@ from typing import IO, Any, Iterator
 import msgpack
 
 from flowctl import faults
-from flowctl.stage import Checkpointable, Sink, Source, context
+from flowctl.stage import Checkpointable, Sink, Source, StageError, context
 from flowctl.stages._common import open_output
+
+RESTORE_ADVICE = ("restore the file, or run without --resume to start "
+                  "over")
 
 # The first bytes of a file, hashed, tell a replaced file from the one a
 # checkpoint read, also when it was copied to a new inode.
@@ -102,19 +105,20 @@ class FileSource(Source, Checkpointable):
         head = int(saved.get("head_size", 0))
         status = os.stat(self.path)
         if not self.path.endswith(".gz") and status.st_size < offset:
-            raise ValueError(
+            raise StageError(
                 f"{self.path} was truncated: it has {status.st_size} bytes, "
-                f"but the checkpoint had read {offset}")
+                f"but the checkpoint had read {offset}; {RESTORE_ADVICE}")
         if _head_hash(self.path, head) != saved.get("head_sha256"):
-            raise ValueError(
+            raise StageError(
                 f"{self.path} is not the file the checkpoint read: its first "
                 f"{head} bytes differ (the file was replaced or rewritten), "
-                f"so the saved offset {offset} means nothing in it")
+                f"so the saved offset {offset} means nothing in it; "
+                f"{RESTORE_ADVICE}")
         self.file.seek(offset)
         if self.file.tell() != offset:
-            raise ValueError(
+            raise StageError(
                 f"{self.path} was truncated: it ends before offset {offset}, "
-                f"where the checkpoint stopped reading")
+                f"where the checkpoint stopped reading; {RESTORE_ADVICE}")
         self.offset = offset
 
     def restore_extra(self, extra: Any) -> None:
@@ -224,11 +228,16 @@ class FileSink(Sink, Checkpointable):
                 os.path.join(self.pending_dir, entries[done][0])):
             size += int(entries[done][1])
             done += 1
+        if not os.path.exists(self.path):
+            raise StageError(
+                f"{self.path} is missing, but it held the output committed "
+                f"up to the checkpoint; {RESTORE_ADVICE}")
         actual = os.path.getsize(self.path)
         if actual < size:
-            raise ValueError(
+            raise StageError(
                 f"{self.path} has {actual} bytes, fewer than the {size} "
-                f"committed to it: the file was changed outside flowctl")
+                f"committed to it: the file was changed outside flowctl; "
+                f"{RESTORE_ADVICE}")
         with open(self.path, "r+b") as target:
             target.truncate(size)
             target.seek(size)

@@ -231,6 +231,7 @@ def test_resume_rejects_replaced_source_file(tmp_path, env, spawned):
     assert result.returncode == 1
     assert "stage 'lines' failed at start" in result.stderr
     assert "in.txt is not the file the checkpoint read" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_rejects_truncated_source_file(tmp_path, env, spawned):
@@ -246,6 +247,7 @@ def test_resume_rejects_truncated_source_file(tmp_path, env, spawned):
 
     assert result.returncode == 1
     assert "in.txt was truncated: it has 100 bytes" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_of_finished_run_adds_nothing(tmp_path, env):

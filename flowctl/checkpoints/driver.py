@@ -23,6 +23,8 @@ from flowctl.checkpoints.storage import StorageError
 # A stage without a hello after this long is not waited for (the
 # supervisor's start-up grace).
 STARTUP_GRACE_SECONDS = 1.0
+# The same checkpoint failure is logged at most this often (seconds).
+FAILURE_LOG_INTERVAL = 60.0
 
 if TYPE_CHECKING:
     from flowctl.process import StageProcess
@@ -41,6 +43,9 @@ class CheckpointDriver:
         self.restore_dir = os.path.join(run.directory, "restore")
         self.shutdown_pending = False
         self.warned: set[str] = set()
+        self.last_failure = ""
+        self.last_failure_logged = 0.0
+        self.failures_unlogged = 0
         self.first_start = True
 
     # Starting stages
@@ -67,9 +72,15 @@ class CheckpointDriver:
         if manifest is None:
             return
         what = "the final checkpoint" if manifest.final else "checkpoint"
-        self.run.view.event(f"resuming from {what} {manifest.id} of "
-                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(manifest.created_at))} "
+        taken = time.strftime("%Y-%m-%d %H:%M:%S",
+                              time.localtime(manifest.created_at))
+        self.run.view.event(f"resuming from {what} {manifest.id} of {taken} "
                             f"in {self.coordinator.storage.location}")
+        if manifest.final:
+            self.run.view.event("that run had finished, so this one only "
+                                "completes its commits: input added since "
+                                "is not read (run without --resume to read "
+                                "everything again)")
 
     # The loop
 
@@ -160,9 +171,9 @@ class CheckpointDriver:
                          f"committed; fix the storage and run again with "
                          f"--resume")
                 return
-            run.view.event(f"checkpoint failed: {error}; the run goes on, "
-                           f"and the newest complete checkpoint is still "
-                           f"{last}")
+            self._report_failure(f"checkpoint failed: {error}; the run goes "
+                                 f"on, and the newest complete checkpoint is "
+                                 f"still {last}")
             if shutdown:
                 self._proceed_with_stop()
             return
@@ -177,6 +188,23 @@ class CheckpointDriver:
         run.record_checkpoint(self.status())
         if shutdown:
             self._proceed_with_stop()
+
+    def _report_failure(self, message: str) -> None:
+        """Log a failed checkpoint; the same failure again is logged at
+        most once a minute, with how often it happened meanwhile."""
+        now = time.monotonic()
+        if (message == self.last_failure
+                and now - self.last_failure_logged < FAILURE_LOG_INTERVAL):
+            self.failures_unlogged += 1
+            return
+        self.last_failure = message
+        if self.failures_unlogged:
+            message += (f" (the same failure happened "
+                        f"{self.failures_unlogged} more times since it was "
+                        f"last logged)")
+        self.run.view.event(message)
+        self.last_failure_logged = now
+        self.failures_unlogged = 0
 
     def on_report(self, stage: StageProcess, message: dict[str, Any]) -> None:
         # The stage counts from zero in each incarnation; the checkpoint
