@@ -10,7 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowctl import protocol, runtime
+from flowctl import codecs, protocol, runtime
 from flowctl.checkpoints.config import CheckpointConfig
 from flowctl.restarts import RestartPolicy
 
@@ -46,6 +46,17 @@ class StageSpec:
     liveness_timeout: float | None = DEFAULT_LIVENESS_TIMEOUT
     line: int = 0
 
+    def writes_to_stdout(self) -> bool:
+        """Return whether this stage writes to flowctl's standard output:
+        a built-in sink given path '-', or an executable sink with a text
+        codec, whose own stdout is flowctl's.  An msgpack executable's
+        stdout goes to its log."""
+        if self.role != "sink":
+            return False
+        if self.command is not None:
+            return self.codec in codecs.TEXT_CODECS
+        return self.config.get("path") == "-"
+
     @property
     def label(self) -> str:
         if self.builtin:
@@ -78,9 +89,4 @@ class Pipeline:
 
     def writes_to_stdout(self) -> bool:
         """Return whether some stage writes to flowctl's standard output."""
-        for stage in self.stages:
-            if stage.role != "sink":
-                continue
-            if stage.command is not None or stage.config.get("path") == "-":
-                return True
-        return False
+        return any(stage.writes_to_stdout() for stage in self.stages)

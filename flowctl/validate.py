@@ -561,8 +561,7 @@ def _check_standard_streams(checker: Validator,
     """
     readers = [stage for stage in stages if stage.role == "source"
                and stage.builtin and stage.config.get("path") == "-"]
-    writers = [stage for stage in stages if stage.role == "sink" and (
-        stage.command is not None or stage.config.get("path") == "-")]
+    writers = [stage for stage in stages if stage.writes_to_stdout()]
     for users, stream in ((readers, "standard input"),
                           (writers, "standard output")):
         for stage in users[1:]:

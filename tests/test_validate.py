@@ -933,6 +933,25 @@ def test_two_stages_on_stdout_rejected(tmp_path, env):
         f"stage 'a' already uses (give one of them a file path)")
 
 
+def test_msgpack_command_sinks_share_nothing(tmp_path, env):
+    pipeline = write_pipeline(tmp_path / "p.yaml", """
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          sources:
+            - {id: numbers, stage: generate, config: {count: 3}}
+          sinks:
+            - {id: a, command: [python3, a.py], inputs: [numbers]}
+            - {id: b, command: [python3, b.py], inputs: [numbers]}
+            - {id: c, command: [cat], codec: lines, inputs: [numbers]}
+        """)
+    (tmp_path / "a.py").write_text("")
+    (tmp_path / "b.py").write_text("")
+    result = run_flowctl(["validate", str(pipeline)], env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+
+
 def test_quoted_number_from_environment(tmp_path, env):
     pipeline = write_pipeline(tmp_path / "p.yaml", """
         apiVersion: flowctl/v1
