@@ -392,7 +392,10 @@ class Run:
         clean = self._is_clean_exit(stage, code)
         if self.failing or self.stop_requested:
             stage.state = "finished" if clean and stage.done else "stopped"
-            if clean:
+            if clean or not self.failing:
+                # While stopping, the readers of a stage that died (a source
+                # stopped before it started, say) see the end of its output
+                # at once instead of waiting for the drain timeout.
                 self._release_pipes(stage)
             return
         if clean and (stage.done or not stage.greeted):

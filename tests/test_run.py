@@ -312,3 +312,29 @@ def test_stage_stderr_is_prefixed_and_logged(tmp_path, env, home):
     logs = list((home / "runs").glob("*/sh.log"))
     assert len(logs) == 1
     assert logs[0].read_text() == "warming up\n"
+
+
+def test_sigint_right_after_start_ends_at_once(tmp_path, env, home, spawned):
+    errors = tmp_path / "stderr.txt"
+    pipeline = write_pipeline(tmp_path / "p.yaml", """
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          supervisor: {drain_timeout: 60s}
+          sources:
+            - {id: numbers, stage: generate}
+          processors:
+            - {id: same, stage: map, config: {expr: r}, inputs: [numbers]}
+          sinks:
+            - {id: out, stage: discard, inputs: [same]}
+        """)
+    process = start_flowctl(["run", str(pipeline), "--no-live"], env,
+                            spawned, errors)
+    wait_until(lambda: "started pid" in errors.read_text(), timeout=HANG_GUARD)
+    process.send_signal(signal.SIGINT)
+    # Well below the drain timeout: the readers of a source stopped before
+    # it said hello see the end of its output at once.
+    process.wait(timeout=30)
+    assert process.returncode == 130, errors.read_text()
+    assert "drain timeout" not in errors.read_text()
+    assert stage_processes(str(home)) == []
