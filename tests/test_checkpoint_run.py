@@ -390,3 +390,40 @@ def test_sink_killed_in_final_commit_recovers(tmp_path, env):
     assert "restarting every stage from checkpoint 000001" in result.stderr
     assert read_jsonl(tmp_path / "out.jsonl") == [{"seq": n}
                                                  for n in range(10)]
+
+
+def test_timeout_names_stage_holding_barrier(tmp_path, env, spawned):
+    (tmp_path / "pipeline.yaml").write_text(textwrap.dedent(f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        metadata: {{name: stuck}}
+        spec:
+          checkpoint: {{interval: 0.2s, directory: ck,
+                       barriers: {{timeout: 1s}}}}
+          sources:
+            - {{id: numbers, stage: generate, config: {{rate: 2000}}}}
+          processors:
+            - id: stuck
+              command: [{sys.executable}, {STAGES / 'crasher.py'}]
+              env: {{MODE: hang, CRASHES: "1", AFTER: "3000",
+                     STATE_FILE: {tmp_path / 'state'}}}
+              inputs: [numbers]
+            - {{id: same, stage: map, config: {{expr: r}}, inputs: [stuck]}}
+          sinks:
+            - {{id: out, stage: discard, inputs: [same]}}
+        """))
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            FLOWCTL + ["run", "pipeline.yaml", "--no-live"], cwd=tmp_path,
+            env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    spawned.append(process)
+    try:
+        wait_until(lambda: "timed out" in log.read_text(), 30)
+    finally:
+        process.kill()
+        process.wait()
+
+    (line,) = [text for text in log.read_text().splitlines()
+               if "timed out" in text][:1]
+    assert line.endswith("waiting for stage 'stuck'; it is abandoned")

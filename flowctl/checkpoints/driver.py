@@ -112,7 +112,7 @@ class CheckpointDriver:
             if coordinator.complete_ready(expected):
                 self._complete(now)
             elif coordinator.timed_out(now):
-                missing = coordinator.missing(expected)
+                missing = self._holding_up(coordinator.missing(expected))
                 run.view.event(
                     f"checkpoint {coordinator.in_flight.number:06d} timed out "
                     f"after {self.config.timeout:g}s waiting for "
@@ -128,6 +128,14 @@ class CheckpointDriver:
         if (coordinator.in_flight is None and self._can_begin()
                 and coordinator.due(now, self.source_records())):
             self._begin(now)
+
+    def _holding_up(self, missing: list[str]) -> list[str]:
+        """Return the missing stages whose inputs have all reported: the
+        barrier stopped there, and the stages after them only wait."""
+        waiting = set(missing)
+        first = [stage_id for stage_id in missing
+                 if not waiting & set(self.run.pipeline.stage(stage_id).inputs)]
+        return first or missing
 
     def _can_begin(self, stopping: bool = False) -> bool:
         run = self.run
