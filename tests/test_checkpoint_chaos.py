@@ -128,9 +128,15 @@ def start(directory: Path, env: dict[str, str], resume: bool,
 
 
 def live_stages(home: str, flowctl_pid: int) -> list[psutil.Process]:
-    return [process for process in stage_processes(home)
-            if process.pid != flowctl_pid and process.is_running()
-            and process.status() != psutil.STATUS_ZOMBIE]
+    found = []
+    for process in stage_processes(home):
+        try:
+            if (process.pid != flowctl_pid
+                    and process.status() != psutil.STATUS_ZOMBIE):
+                found.append(process)
+        except psutil.NoSuchProcess:
+            continue    # exited since it was listed
+    return found
 
 
 def run_with_kills(directory: Path, env: dict[str, str], seed: int,
