@@ -7,10 +7,10 @@ the input records as text on its stdin.  The main thread turns its stdout
 back into records and also talks to the orchestrator.  The executable's
 stderr goes straight to the stage's log.
 
-Checkpoints: the state of a program such as grep or awk cannot be saved,
-so at a barrier the adapter closes the program's stdin, reads its stdout
-to the end, checks its exit status, passes the barrier on and starts the
-program again for the records after the barrier.  Every output line of
+Checkpoints: the state of a program such as grep or awk cannot be saved.
+So at a barrier the adapter closes the program's stdin, reads its stdout
+to the end and checks its exit status. Then it passes the barrier on and
+starts the program again for the records after the barrier.  Every output line of
 the records before the barrier thus precedes it, and the program holds
 no state across a checkpoint.  A program whose output depends on the
 whole stream (sort, uniq -c, an awk END block) therefore works on each

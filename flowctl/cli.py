@@ -202,9 +202,9 @@ def _checkpoints(pipeline: Pipeline, run_id: str, view: View,
                 "section to the pipeline file or give --checkpoint-dir DIR")
         return None
     if config.recovery.mode != "off":
-        # A failed stage is recovered from the last checkpoint (or, in
-        # manual mode, the run stops and says how to resume) unless the
-        # file sets a restart policy.
+        # Unless the file sets a restart policy, a failed stage is recovered
+        # from the last checkpoint. In manual mode the run stops instead,
+        # with a message on how to resume.
         for spec in pipeline.stages:
             if spec.restart.policy == "":
                 spec.restart = dataclasses.replace(spec.restart,

@@ -1,9 +1,9 @@
 """Fault hooks: kill a process at a named point, to test crash windows.
 
 The environment variable FLOWCTL_FAULT lists the points, separated by
-commas, each as `POINT`, `POINT@STAGE` or `POINT@STAGE#N` (the Nth time
-the point is reached; the first by default).  The orchestrator's points
-name no stage, or `flowctl`.  When a listed point is reached, the process
+commas, each as `POINT` or `POINT@STAGE`, optionally followed by `#N` to
+fire the Nth time the point is reached instead of the first.  The
+orchestrator's points name no stage, or `flowctl`.  When a listed point is reached, the process
 kills itself with SIGKILL, as a power cut or the OOM killer would.
 
 Points in a stage: `save` (after the stage computed its state, before it
@@ -27,13 +27,13 @@ ENV_FAULT = "FLOWCTL_FAULT"
 _counts: dict[str, int] = {}
 
 
-def _wanted(point: str, where: str) -> int | None:
+def _requested_count(point: str, where: str) -> int | None:
     for item in os.environ.get(ENV_FAULT, "").split(","):
         item = item.strip()
         if not item:
             continue
-        name, _, rest = item.partition("@")
-        target, _, nth = rest.partition("#")
+        item, _, nth = item.partition("#")
+        name, _, target = item.partition("@")
         if name == point and (target or "flowctl") == where:
             return int(nth or 1)
     return None
@@ -45,7 +45,7 @@ def hit(point: str, where: str = "flowctl") -> None:
         return
     if where != "flowctl" and os.environ.get("FLOWCTL_RESTARTS", "0") != "0":
         return
-    nth = _wanted(point, where)
+    nth = _requested_count(point, where)
     if nth is None:
         return
     _counts[point] = _counts.get(point, 0) + 1

@@ -332,9 +332,9 @@ class StageProcess:
         """
         if self.pid is None:
             return
-        # Once reaped, the pid may belong to another process; what the
-        # stage left behind was adopted by flowctl, which kills it at the
-        # end of the run.
+        # Once reaped, the pid may belong to another process. What the stage
+        # left behind was adopted by flowctl, which kills it at the end of
+        # the run.
         children = descendants_of(self.pid) if self.exit_code is None else []
         self.signal(signal.SIGKILL)
         for child in children:

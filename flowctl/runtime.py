@@ -298,9 +298,9 @@ class Inputs:
     the caller flushes its output batch, and while it waits it calls
     `on_idle` again every heartbeat interval.
 
-    Barriers are aligned: once an input has delivered barrier N, nothing
-    more is read from it until every input still open has delivered N too;
-    only then is the barrier returned, once.  Records that arrive after a
+    Barriers are aligned. Once an input has delivered barrier N, nothing
+    more is read from it until every input still open has delivered N too.
+    Only then is the barrier returned, once.  Records that arrive after a
     barrier on one input therefore wait, in its pipe, until the checkpoint
     has passed.
     """
@@ -466,8 +466,8 @@ class Context:
         self.flush_interval = float(env.get(ENV_FLUSH_INTERVAL)
                                     or DEFAULT_FLUSH_INTERVAL)
         self.managed = ENV_CONTROL_FD in env
-        # With checkpointing on, sinks commit only when told to, and every
-        # stage reports its state at each barrier and at the end.
+        # With checkpointing on, sinks commit only on a "commit" message,
+        # and every stage reports its state at each barrier and at the end.
         self.checkpointing = env.get(ENV_CHECKPOINTS) == "1"
         self.restore = _load_restore(env.get(ENV_RESTORE))
         control_fd = env.get(ENV_CONTROL_FD)

@@ -133,7 +133,7 @@ class Checkpointable:
     what it keeps between records.  A sink uses it for two-phase commit:
 
     - `save_checkpoint()` prepares: everything written so far becomes
-      durable but stays invisible, and the bytes returned say how to
+      durable but stays invisible, and the bytes returned describe how to
       commit it;
     - `commit_checkpoint(data)` runs once the checkpoint is complete,
       with the bytes `save_checkpoint()` returned for it, and makes that
@@ -182,8 +182,10 @@ def _restore(ctx: Context, stage: Any) -> None:
 
 
 class StageError(Exception):
-    """A failure whose message says everything: reported without a
-    traceback (a changed input file, say)."""
+    """A failure whose message is complete, such as a changed input file.
+
+    The stage library reports it without a traceback.
+    """
 
 
 _NOTHING = object()

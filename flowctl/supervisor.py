@@ -440,8 +440,8 @@ class Run:
         """Restart a failed stage or fail the run, following its policy."""
         now = time.monotonic()
         tracker = self.trackers[stage.spec.id]
-        # A program that cannot start would fail again on every restart;
-        # a stage killed by a signal while starting says nothing about that.
+        # A program that cannot start would fail again on every restart.
+        # A stage killed by a signal while starting is no sign of that.
         killed = stage.exit_code is not None and stage.exit_code < 0
         if (not self._started_properly(stage) and not stage.ever_ready
                 and not killed):

@@ -16,6 +16,7 @@ from typing import IO, Any, Iterator
 import msgpack
 
 from flowctl import faults
+from flowctl.checkpoints.local import fsync_directory
 from flowctl.stage import Checkpointable, Sink, Source, StageError, context
 from flowctl.stages._common import open_output
 
@@ -83,7 +84,8 @@ class FileSource(Source, Checkpointable):
                               "extra": self.extra_state()})
 
     def extra_state(self) -> Any:
-        """What a subclass needs besides the offset (a CSV header, say)."""
+        """Return what a subclass needs besides the offset, such as a CSV
+        header."""
         return None
 
     def checkpoint_info(self) -> dict[str, Any]:
@@ -126,14 +128,6 @@ class FileSource(Source, Checkpointable):
 
     def close(self) -> None:
         self.file.close()
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class FileSink(Sink, Checkpointable):
@@ -200,7 +194,7 @@ class FileSink(Sink, Checkpointable):
             os.fsync(self.file.fileno())
             self.file.close()
             self.pending.append([os.path.basename(self.current), size])
-            _fsync_directory(self.pending_dir)
+            fsync_directory(self.pending_dir)
             self.file = self._new_pending_file()
         return msgpack.packb({"base": os.path.getsize(self.path),
                               "pending": self.pending})
@@ -221,6 +215,8 @@ class FileSink(Sink, Checkpointable):
 
     def _apply(self, state: dict[str, Any]) -> None:
         """Commit what `state` lists; safe to repeat after a crash."""
+        # Pending files already committed were deleted, in order, so they
+        # form a prefix of the list, and their bytes follow `base`.
         size = int(state["base"])
         entries = state["pending"]
         done = 0
@@ -228,6 +224,7 @@ class FileSink(Sink, Checkpointable):
                 os.path.join(self.pending_dir, entries[done][0])):
             size += int(entries[done][1])
             done += 1
+
         if not os.path.exists(self.path):
             raise StageError(
                 f"{self.path} is missing, but it held the output committed "
@@ -238,6 +235,8 @@ class FileSink(Sink, Checkpointable):
                 f"{self.path} has {actual} bytes, fewer than the {size} "
                 f"committed to it: the file was changed outside flowctl; "
                 f"{RESTORE_ADVICE}")
+
+        # Truncating first drops a commit a crash interrupted.
         with open(self.path, "r+b") as target:
             target.truncate(size)
             target.seek(size)
@@ -247,9 +246,10 @@ class FileSink(Sink, Checkpointable):
                 faults.hit("commit", context().stage_id)
             target.flush()
             os.fsync(target.fileno())
+
         for name, _ in entries[done:]:
             os.unlink(os.path.join(self.pending_dir, name))
-        _fsync_directory(self.pending_dir)
+        fsync_directory(self.pending_dir)
         committed = {name for name, _ in entries}
         self.pending = [entry for entry in self.pending
                         if entry[0] not in committed]

@@ -26,20 +26,18 @@ KILLS = 20
 # Flights that left late (dep_delay > 0) in the data set.
 DELAYED_FLIGHTS = 128432
 
-HEADER = """
+# Settings, source and filter, which both pipelines share.
+SHARED = f"""
 apiVersion: flowctl/v1
 kind: Pipeline
-metadata: {name: chaos}
+metadata: {{name: chaos}}
 spec:
-  checkpoint: {interval: 0.3s, directory: ck, retain: 3}
+  checkpoint: {{interval: 0.3s, directory: ck, retain: 3}}
   supervisor:
     restart:
-      backoff: {initial: 0.1s, max: 0.5s, jitter: 0}
+      backoff: {{initial: 0.1s, max: 0.5s, jitter: 0}}
       max_restarts: 1000
       window: 1s
-"""
-
-PIPELINE = HEADER + f"""
   sources:
     - id: flights
       stage: read-csv
@@ -49,6 +47,9 @@ PIPELINE = HEADER + f"""
       stage: filter
       inputs: [flights]
       config: {{where: "r['dep_delay'] is not None and r['dep_delay'] > 0"}}
+"""
+
+PIPELINE = SHARED + f"""
     - id: trim
       stage: map
       inputs: [delayed]
@@ -71,16 +72,7 @@ PIPELINE = HEADER + f"""
 
 # The same, with awk in the middle: it gets the filtered rows as CSV and
 # prints three of their columns, header included, for the map to type.
-AWK_PIPELINE = HEADER + f"""
-  sources:
-    - id: flights
-      stage: read-csv
-      config: {{path: {DATA}, types: auto, nulls: ["", NA]}}
-  processors:
-    - id: delayed
-      stage: filter
-      inputs: [flights]
-      config: {{where: "r['dep_delay'] is not None and r['dep_delay'] > 0"}}
+AWK_PIPELINE = SHARED + f"""
     - id: columns
       command: [awk, -F, ",", -v, "OFS=,", "{{print $10, $13 \\"-\\" $14, $6}}"]
       codec: csv

@@ -332,8 +332,8 @@ def test_sigint_right_after_start_ends_at_once(tmp_path, env, home, spawned):
                             spawned, errors)
     wait_until(lambda: "started pid" in errors.read_text(), timeout=HANG_GUARD)
     process.send_signal(signal.SIGINT)
-    # Well below the drain timeout: the readers of a source stopped before
-    # it said hello see the end of its output at once.
+    # Well below the drain timeout, because the readers of a source stopped
+    # before its hello see the end of its output at once.
     process.wait(timeout=30)
     assert process.returncode == 130, errors.read_text()
     assert "drain timeout" not in errors.read_text()

@@ -1,11 +1,11 @@
 """The orchestrator's side of checkpointing: when to take a checkpoint,
 collecting each stage's part, and storing the result.
 
-The supervisor asks `due()` on every tick, sends a barrier to the sources
-when it says so (`begin()`), hands over every "checkpoint" report the
-stages send (`report()`), and, once `complete_ready()` holds, calls
-`complete()`, which stores the parts and then the manifest, and after that
-tells the sinks to commit.
+On every tick the supervisor calls `due()`. When it returns true, the
+supervisor calls `begin()` and sends a barrier to the sources. Every
+"checkpoint" report from a stage goes to `report()`. Once
+`complete_ready()` returns true, `complete()` stores the parts and then
+the manifest, and the supervisor sends the sinks their commit.
 
 Only one checkpoint is in flight at a time.  A stage that has reached the
 end of its stream takes part in later checkpoints with its final state.

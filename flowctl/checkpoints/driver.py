@@ -1,10 +1,10 @@
 """Checkpoints and recoveries inside a run's supervisor loop.
 
-`CheckpointDriver` connects the `Coordinator` with the running stages: it
-gives each stage what to restore when it starts, sends barriers to the
-sources and commits to the sinks, takes a checkpoint before a stop when
-`on_shutdown` is set, and recovers the whole pipeline from the newest
-complete checkpoint when a stage fails.
+`CheckpointDriver` connects the `Coordinator` with the running stages.
+It gives each stage what to restore when it starts, and sends barriers to
+the sources and commits to the sinks. It takes a checkpoint before a stop
+when `on_shutdown` is set. When a stage fails, it restarts the whole
+pipeline from the newest complete checkpoint.
 """
 
 from __future__ import annotations
@@ -85,9 +85,11 @@ class CheckpointDriver:
     # The loop
 
     def expected(self) -> list[str]:
-        """Stages whose part every checkpoint needs: those that said they
-        take part, and those that may still say so because they started
-        moments ago and have not sent their hello yet."""
+        """Return the stages whose part every checkpoint needs.
+
+        These are the stages whose hello listed the `checkpoint` feature,
+        and those started moments ago whose hello has not arrived yet.
+        """
         now = time.time()
         expected = []
         for stage in self.run.stages.values():
@@ -198,8 +200,11 @@ class CheckpointDriver:
             self._proceed_with_stop()
 
     def _report_failure(self, message: str) -> None:
-        """Log a failed checkpoint; the same failure again is logged at
-        most once a minute, with how often it happened meanwhile."""
+        """Log a failed checkpoint.
+
+        The same message again is logged at most once per
+        FAILURE_LOG_INTERVAL, with the number of repeats in between.
+        """
         now = time.monotonic()
         if (message == self.last_failure
                 and now - self.last_failure_logged < FAILURE_LOG_INTERVAL):
@@ -236,8 +241,10 @@ class CheckpointDriver:
     # Stopping
 
     def stop_requested(self) -> bool:
-        """Start a checkpoint before the stop if the configuration asks for
-        one; return whether the stop waits for it."""
+        """Start a checkpoint before the stop when `on_shutdown` is set.
+
+        Return whether the stop waits for that checkpoint.
+        """
         if not self.config.on_shutdown or self.run.recovering:
             return False
         coordinator = self.coordinator

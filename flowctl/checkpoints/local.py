@@ -31,7 +31,8 @@ LOCK_NAME = ".lock"
 TEMPORARY_SUFFIX = ".tmp"
 
 
-def _fsync_directory(path: str) -> None:
+def fsync_directory(path: str) -> None:
+    """Make a rename or unlink in `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -61,7 +62,7 @@ def write_file_atomically(path: str, data: bytes,
     if before_rename is not None:
         before_rename()
     os.rename(temporary, path)
-    _fsync_directory(os.path.dirname(path))
+    fsync_directory(os.path.dirname(path))
 
 
 def describe_os_error(error: OSError) -> str:
@@ -98,7 +99,7 @@ class LocalStorage:
         try:
             write_file_atomically(path, manifest.to_json(),
                                   lambda: faults.hit("manifest"))
-            _fsync_directory(self.location)
+            fsync_directory(self.location)
         except OSError as error:
             raise StorageError(
                 f"cannot write the manifest of checkpoint {manifest.id} to "

@@ -37,10 +37,10 @@ class Manifest:
     created_at: float = field(default_factory=time.time)
     format_version: int = FORMAT_VERSION
     parts: dict[str, Part] = field(default_factory=dict)
-    # Per stage: its definition and a fingerprint of it, so a resumed
-    # pipeline whose stage changed is caught; the name of its part (None
-    # for a stateless stage); whether it had reached the end of its
-    # stream; what it reported about its state; its counters.
+    # Per stage: its definition and a fingerprint of it, which catch a
+    # stage changed before a resume. Also the name of its part (None for a
+    # stateless stage), whether it had reached the end of its stream, what
+    # it reported about its state, and its counters.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     run_id: str = ""
     # Taken after every stage reached the end of its stream.

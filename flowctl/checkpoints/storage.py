@@ -54,6 +54,8 @@ class CheckpointStorage(Protocol):
         """Remove a checkpoint and all its parts."""
 
     def lock(self) -> None:
-        """Claim the storage for this run until the process exits; raise
-        StorageError when another run holds it (checkpoint ids would
-        collide)."""
+        """Claim the storage for this run until the process exits.
+
+        Raise StorageError when another run has claimed it, because the
+        two runs' checkpoint ids would collide.
+        """
