@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import yaml
+if TYPE_CHECKING:
+    import yaml
 
 Path = tuple  # a path into the document, e.g. ("spec", "sources", 0, "id")
 
@@ -89,6 +90,8 @@ class _Builder:
     def __init__(self, document: Document, environ: Mapping[str, str]):
         self.document = document
         self.environ = environ
+        import yaml
+        self.yaml = yaml
         self.constructor = yaml.SafeLoader("")
         self.count = 0
 
@@ -97,9 +100,9 @@ class _Builder:
         if self.count > MAX_VALUES:
             raise TooManyValues()
         self.document.value_lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, self.yaml.MappingNode):
             return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, self.yaml.SequenceNode):
             return [self.build(item, path + (index,))
                     for index, item in enumerate(node.value)]
         return self._scalar(node, path)
@@ -124,7 +127,7 @@ class _Builder:
         return result
 
     def _scalar(self, node: yaml.Node, path: Path) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
+        if not isinstance(node, self.yaml.ScalarNode):
             return self.build(node, path)
         value = self.constructor.construct_object(node, deep=True)
         if not isinstance(value, str) or "$" not in node.value:
@@ -138,7 +141,7 @@ class _Builder:
         if node.style is None:
             # A plain scalar is typed after interpolation, so that
             # `count: ${N:-10}` is the number 10.
-            resolved = yaml.safe_load(text) if text.strip() else text
+            resolved = self.yaml.safe_load(text) if text.strip() else text
             if not isinstance(resolved, (dict, list)):
                 return resolved
         return text
@@ -147,6 +150,10 @@ class _Builder:
 def load(text: str, filename: str,
          environ: Mapping[str, str] | None = None) -> Document:
     """Parse YAML text into a Document; syntax errors become problems."""
+    # Imported here: the inline form of a pipeline needs no YAML parser,
+    # and importing one costs about 12 ms at every start.
+    import yaml
+
     document = Document(filename, None)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)

@@ -7,7 +7,6 @@ names another directory.  It is created readable by its owner only.
 from __future__ import annotations
 
 import os
-import secrets
 
 ENV_HOME = "FLOWCTL_HOME"
 RUN_ID_BYTES = 5
@@ -21,7 +20,7 @@ def resolve_home(option: str | None = None) -> str:
 
 def new_run_id() -> str:
     """Return a short random run id; any unique prefix of it names the run."""
-    return secrets.token_hex(RUN_ID_BYTES)
+    return os.urandom(RUN_ID_BYTES).hex()
 
 
 def run_directory(home: str, run_id: str) -> str:

@@ -19,14 +19,20 @@ through the same validation; problems are reported by segment number.
 
 from __future__ import annotations
 
+import re
 import shlex
 from typing import Any
-
-import yaml
 
 from flowctl.builtins import BUILTINS, ROLE_SECTIONS
 from flowctl.document import Document, Problem
 from flowctl.pipeline import API_VERSION, KIND
+
+# Values that YAML reads the same way without a parser: decimal integers
+# without a leading zero, and plain words.  Words that YAML turns into
+# booleans or null are left to the parser.
+_PLAIN_INTEGER = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_PLAIN_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_YAML_WORDS = frozenset({"yes", "no", "true", "false", "on", "off", "null"})
 
 INLINE_FILENAME = "-e"
 DEFAULT_SINK = ("write-jsonl", {"path": "-"})
@@ -49,6 +55,13 @@ def _segments(tokens: list[str]) -> list[list[str]]:
 
 
 def _parse_value(text: str) -> Any:
+    if _PLAIN_INTEGER.fullmatch(text):
+        return int(text)
+    if _PLAIN_WORD.fullmatch(text) and text.lower() not in _YAML_WORDS:
+        return text
+    # Imported only here: the parser costs about 12 ms to import.
+    import yaml
+
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:

@@ -3,6 +3,12 @@
 A stage must not outlive flowctl, even when flowctl dies by SIGKILL and has
 no chance to clean up.  The kernel's parent-death signal does that: the
 child requests SIGKILL for when its parent thread exits.
+
+Any executable gets the request made for it between fork and exec, by a
+`preexec_fn`.  flowctl's own stage programs make it themselves, as soon as
+they start.  Without a `preexec_fn`, Popen can use vfork instead of copying
+the orchestrator's page tables with fork: about 0.3 ms a stage instead of
+2 ms, all of it before the next stage can start.
 """
 
 from __future__ import annotations
@@ -10,10 +16,15 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import sys
 from typing import Callable
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+
+# Starting a child in a process group of its own without a `preexec_fn`
+# needs Popen's `process_group`, new in Python 3.11.
+SELF_BINDING = sys.version_info >= (3, 11)
 
 # The running interpreter already links libc; CDLL(None) finds prctl there
 # without ctypes.util.find_library, which runs /sbin/ldconfig to search.
@@ -39,6 +50,14 @@ def child_setup(new_process_group: bool) -> Callable[[], None]:
             os._exit(1)
 
     return setup
+
+
+def bind_to_parent(parent: int) -> None:
+    """Ask for SIGKILL when the parent exits, from the child itself; exit at
+    once if `parent` has already gone and this process was re-parented."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def become_subreaper() -> None:

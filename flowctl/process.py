@@ -20,7 +20,7 @@ from typing import Any
 
 from flowctl import adapter, codecs, protocol, runtime
 from flowctl.builtins import BUILTINS, module_argv
-from flowctl.lifetime import child_setup, descendants_of
+from flowctl.lifetime import SELF_BINDING, child_setup, descendants_of
 from flowctl.pipeline import Pipeline, StageSpec
 
 STDERR_READ_SIZE = 65536
@@ -107,6 +107,13 @@ class StageProcess:
         return {key: self.base_stats.get(key, 0) + self.stats.get(key, 0)
                 for key in COUNTERS if key in self.stats or key in self.base_stats}
 
+    @property
+    def runs_flowctl_program(self) -> bool:
+        """True for a built-in stage and for the adapter of an executable
+        with a text codec; False for an executable that speaks msgpack."""
+        return (self.spec.builtin is not None
+                or self.spec.codec in codecs.TEXT_CODECS)
+
     def argv(self) -> list[str]:
         spec = self.spec
         if spec.builtin is not None:
@@ -180,11 +187,18 @@ class StageProcess:
         passed = [fd for fd in input_fds + output_fds if fd > 2]
         passed += [theirs.fileno(), self.stdin_fd, self.stdout_fd]
         env = self.environment(input_fds, output_fds, theirs.fileno())
+        options: dict[str, Any]
+        if SELF_BINDING and self.runs_flowctl_program:
+            # flowctl's own stage programs bind themselves to this process
+            # when they start, so Popen can use vfork.
+            env[runtime.ENV_PARENT_PID] = str(os.getpid())
+            options = {"process_group": 0}
+        else:
+            options = {"preexec_fn": child_setup(new_process_group=True)}
         try:
             self.popen = subprocess.Popen(
                 self.argv(), stdin=stdin, stdout=stdout, stderr=stderr_write,
-                env=env, cwd=self.spec.cwd, pass_fds=passed,
-                preexec_fn=child_setup(new_process_group=True))
+                env=env, cwd=self.spec.cwd, pass_fds=passed, **options)
         finally:
             theirs.close()
             os.close(stderr_write)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-import tempfile
 from typing import Any, Callable
 
 from flowctl import protocol
@@ -72,6 +71,8 @@ def socket_path(directory: str, run_id: str) -> str:
     path = os.path.join(directory, SOCKET_NAME)
     if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
         return path
+    import tempfile  # about 2 ms, which a run that has a short path skips
+
     private = os.path.join(tempfile.gettempdir(), f"flowctl-{os.getuid()}")
     os.makedirs(private, mode=0o700, exist_ok=True)
     os.chmod(private, 0o700)

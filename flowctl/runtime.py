@@ -38,6 +38,9 @@ ENV_STDIN_FD = "FLOWCTL_STDIN_FD"
 ENV_RESTARTS = "FLOWCTL_RESTARTS"
 ENV_CHECKPOINTS = "FLOWCTL_CHECKPOINTS"
 ENV_RESTORE = "FLOWCTL_RESTORE"
+# Set when flowctl started this stage without binding it to its own
+# lifetime: the stage asks for the parent-death signal itself.
+ENV_PARENT_PID = "FLOWCTL_PARENT_PID"
 
 DEFAULT_BATCH_SIZE = 1024
 DEFAULT_FLUSH_INTERVAL = 0.05
@@ -454,6 +457,11 @@ class Context:
 
     def __init__(self) -> None:
         env = os.environ
+        parent = env.pop(ENV_PARENT_PID, None)
+        if parent:
+            # Imported only here: ctypes costs a stage 2 ms to import.
+            from flowctl.lifetime import bind_to_parent
+            bind_to_parent(int(parent))
         self.stage_id = env.get(ENV_STAGE_ID, "stage")
         self.run_id = env.get(ENV_RUN_ID, "")
         # How often flowctl has restarted this stage in this run; a sink

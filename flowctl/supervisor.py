@@ -47,7 +47,6 @@ from flowctl.pipeline import Pipeline
 from flowctl.process import StageProcess, Wiring
 from flowctl.restarts import RestartTracker
 from flowctl.runcontrol import ControlServer
-from flowctl.checkpoints.storage import StorageError
 from flowctl.wiring import Edge, Graph
 
 if TYPE_CHECKING:
@@ -527,6 +526,7 @@ class Run:
         if now < self.recovery_at or any(stage.alive for stage
                                          in self.stages.values()):
             return
+        from flowctl.checkpoints.storage import StorageError
         try:
             self.checkpoints.plan_recovery()
         except StorageError as error:

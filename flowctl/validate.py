@@ -7,7 +7,6 @@ each with its line and, where one helps, a hint such as "did you mean".
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import shutil
@@ -39,6 +38,8 @@ STAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def did_you_mean(word: str, choices: Any) -> str:
+    import difflib  # only when there is a mistake to suggest a fix for
+
     matches = difflib.get_close_matches(str(word), list(choices), n=1,
                                         cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else ""

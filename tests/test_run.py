@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import (FLOWCTL, REPO, STAGES, run_flowctl, stage_processes,
-                      wait_until, write_pipeline)
+import pytest
+
+from conftest import (FLOWCTL, REPO, STAGES, descendants, run_flowctl,
+                      stage_processes, wait_until, write_pipeline)
 
 HANG_GUARD = 60  # seconds; a run that takes longer has hung
 
@@ -301,6 +303,43 @@ def test_sigkill_of_flowctl_leaves_no_stage(tmp_path, env, home, spawned):
     os.kill(process.pid, signal.SIGKILL)
     process.wait(timeout=HANG_GUARD)
     wait_until(lambda: stage_processes(str(home)) == [], timeout=HANG_GUARD)
+
+
+@pytest.mark.parametrize("started", [1, 3])
+def test_sigkill_of_flowctl_while_stages_start_leaves_no_stage(
+        started, tmp_path, env, home, spawned):
+    # flowctl's own stage programs ask for the parent-death signal when
+    # their interpreter is up.  The kill lands as soon as `started` of the
+    # three stages exist, while they are still starting.  The source then
+    # waits forever to open a FIFO that no one writes, so only the signal,
+    # or its finding at start that its parent is gone, can end it.
+    fifo = tmp_path / "never-written"
+    os.mkfifo(fifo)
+    errors = tmp_path / "stderr.txt"
+    process = start_flowctl(
+        ["run", "-e", f"read-lines path={fifo} | map expr=r | discard"], env,
+        spawned, errors)
+    try:
+        wait_until(lambda: len(descendants(process.pid)) >= started,
+                   timeout=HANG_GUARD, interval=0.001)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=HANG_GUARD)
+        wait_until(lambda: stage_processes(str(home)) == [], timeout=10)
+    finally:
+        # Stages that outlived flowctl are orphans the spawned fixture
+        # cannot find through flowctl any more.
+        for stage in stage_processes(str(home)):
+            stage.kill()
+
+
+def test_stage_whose_parent_is_gone_exits_at_start(env):
+    # What a stage sees when flowctl died before the stage asked for the
+    # parent-death signal: its parent is no longer the pid it was given.
+    result = subprocess.run(
+        [sys.executable, "-m", "flowctl.stages.generate"],
+        env={**env, "FLOWCTL_PARENT_PID": str(os.getpid() + 1_000_000)},
+        cwd=REPO, capture_output=True, timeout=HANG_GUARD)
+    assert (result.returncode, result.stdout) == (1, b"")
 
 
 def test_stage_stderr_is_prefixed_and_logged(tmp_path, env, home):
