@@ -179,7 +179,14 @@ def run(file: str | None, expression: str | None, home: str | None,
             and driver.coordinator.last is not None):
         view.event(f"stopped; run the same command with --resume to go on "
                    f"from checkpoint {driver.coordinator.last.id}")
-    sys.exit(outcome.exit_code)
+    # Everything the run wrote is closed, so the interpreter's teardown of
+    # every module (about 8 ms) can be skipped.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed pipe: nothing more can reach the reader
+    os._exit(outcome.exit_code)
 
 
 def _checkpoints(pipeline: Pipeline, run_id: str, view: View,

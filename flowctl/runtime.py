@@ -7,11 +7,10 @@ executables are built on this module; stage authors use `flowctl.stage`.
 
 from __future__ import annotations
 
+import _thread
 import json
 import os
 import select
-import socket
-import threading
 import time
 from collections import deque
 TYPE_CHECKING = False
@@ -139,21 +138,24 @@ class Control:
         self.on_commit: Callable[[dict[str, Any]], None] | None = None
         self.barriers: deque[int] = deque()
         self.released = False
-        self._socket = None
+        # Kept after the orchestrator closes the channel; sends then fail.
+        self._send_fd = fd
+        # Made for the first message received: a run without checkpoints
+        # may get none, and importing socket costs a stage about 2 ms.
+        self._socket: Any = None
         self._reader = None
         self._fds: deque[int] = deque()
-        self._send_lock = threading.Lock()
+        self._send_lock = _thread.allocate_lock()
         if fd is not None:
-            self._socket = socket.socket(fileno=fd)
             self._reader = protocol.FrameReader(fd, "the orchestrator")
 
     def send(self, message: dict[str, Any]) -> None:
-        if self._socket is None:
+        if self._send_fd is None:
             return
         # The adapter sends from two threads; a frame must not interleave.
         with self._send_lock:
             try:
-                self._socket.sendall(protocol.pack(message))
+                protocol.write_all(self._send_fd, protocol.pack(message))
             except OSError:
                 # The orchestrator is gone; the parent-death signal ends
                 # this process.
@@ -173,6 +175,10 @@ class Control:
             self.read_pending()
 
     def read_pending(self) -> None:
+        import socket
+
+        if self._socket is None:
+            self._socket = socket.socket(fileno=self.fd)
         try:
             data, fds, _, _ = socket.recv_fds(
                 self._socket, protocol.READ_CHUNK_SIZE, MAX_FDS_PER_READ)
