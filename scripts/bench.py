@@ -14,7 +14,8 @@ pass-through processors and a sink, each step its own Python process:
 Each run is timed wall-clock around the whole command, interpreter
 start-up included, and counts only if its sink saw exactly N records.
 Runs are interleaved (round 1 of every contender, then round 2, ...) so
-that a slow spell on the machine hits all contenders alike.  Throughput
+that a slow spell on the machine hits all contenders alike, and each round
+starts with the next contender.  Throughput
 is N divided by the best (shortest) run, and the ratios compare best
 runs, with the medians shown beside them.  Other processes that use the
 CPU during the runs make the numbers worse and noisier, so the script
@@ -441,10 +442,15 @@ def run_rounds(contenders: list[Contender], arguments: argparse.Namespace
                ) -> None:
     """Run every contender `repeat` times, interleaved.
 
+    Each round starts one contender further along the list, so that the
+    order within a round favours none of them: otherwise the same contender
+    would always run right after the long JSON-lines run.
+
     Raises BrokenRun at the first run that fails.
     """
     for round_number in range(1, arguments.repeat + 1):
-        for contender in contenders:
+        shift = (round_number - 1) % len(contenders)
+        for contender in contenders[shift:] + contenders[:shift]:
             try:
                 result = run_once(contender, arguments.records,
                                   arguments.timeout)
