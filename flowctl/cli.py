@@ -180,7 +180,7 @@ def run(file: str | None, expression: str | None, home: str | None,
         view.event(f"stopped; run the same command with --resume to go on "
                    f"from checkpoint {driver.coordinator.last.id}")
     # Everything the run wrote is closed, so the interpreter's teardown of
-    # every module (about 8 ms) can be skipped.
+    # every module (8 to 10 ms) can be skipped.
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

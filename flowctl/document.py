@@ -150,8 +150,8 @@ class _Builder:
 def load(text: str, filename: str,
          environ: Mapping[str, str] | None = None) -> Document:
     """Parse YAML text into a Document; syntax errors become problems."""
-    # Imported here: the inline form of a pipeline needs no YAML parser,
-    # and importing one costs about 12 ms at every start.
+    # Imported here because the inline form of a pipeline needs no YAML
+    # parser, and importing one costs about 12 ms.
     import yaml
 
     document = Document(filename, None)

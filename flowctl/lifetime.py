@@ -53,8 +53,11 @@ def child_setup(new_process_group: bool) -> Callable[[], None]:
 
 
 def bind_to_parent(parent: int) -> None:
-    """Ask for SIGKILL when the parent exits, from the child itself; exit at
-    once if `parent` has already gone and this process was re-parented."""
+    """Request SIGKILL for when the parent exits, from the child itself.
+
+    Exit at once if `parent` has already gone and this process was
+    re-parented.
+    """
     _prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:
         os._exit(1)

@@ -37,8 +37,8 @@ ENV_STDIN_FD = "FLOWCTL_STDIN_FD"
 ENV_RESTARTS = "FLOWCTL_RESTARTS"
 ENV_CHECKPOINTS = "FLOWCTL_CHECKPOINTS"
 ENV_RESTORE = "FLOWCTL_RESTORE"
-# Set when flowctl started this stage without binding it to its own
-# lifetime: the stage asks for the parent-death signal itself.
+# Set when flowctl started this stage without binding it to flowctl's
+# lifetime.  The stage then requests the parent-death signal itself.
 ENV_PARENT_PID = "FLOWCTL_PARENT_PID"
 
 DEFAULT_BATCH_SIZE = 1024
@@ -138,10 +138,11 @@ class Control:
         self.on_commit: Callable[[dict[str, Any]], None] | None = None
         self.barriers: deque[int] = deque()
         self.released = False
-        # Kept after the orchestrator closes the channel; sends then fail.
+        # Kept after the orchestrator closes the channel, so later sends fail
+        # quietly.
         self._send_fd = fd
-        # Made for the first message received: a run without checkpoints
-        # may get none, and importing socket costs a stage about 2 ms.
+        # Created for the first message received, because importing socket
+        # costs a stage about 2 ms and a run without checkpoints may get none.
         self._socket: Any = None
         self._reader = None
         self._fds: deque[int] = deque()

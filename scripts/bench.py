@@ -443,8 +443,8 @@ def run_rounds(contenders: list[Contender], arguments: argparse.Namespace
     """Run every contender `repeat` times, interleaved.
 
     Each round starts one contender further along the list, so that the
-    order within a round favours none of them: otherwise the same contender
-    would always run right after the long JSON-lines run.
+    order within a round favours none of them.  Otherwise the same
+    contender would always run right after the long JSON-lines run.
 
     Raises BrokenRun at the first run that fails.
     """

@@ -306,9 +306,8 @@ def test_sigkill_of_flowctl_leaves_no_stage(tmp_path, env, home, spawned):
 
 
 @pytest.mark.parametrize("started", [1, 3])
-def test_sigkill_of_flowctl_while_stages_start_leaves_no_stage(
-        started, tmp_path, env, home, spawned):
-    # flowctl's own stage programs ask for the parent-death signal when
+def test_sigkill_while_stages_start(started, tmp_path, env, home, spawned):
+    # flowctl's own stage programs request the parent-death signal when
     # their interpreter is up.  The kill lands as soon as `started` of the
     # three stages exist, while they are still starting.  The source then
     # waits forever to open a FIFO that no one writes, so only the signal,
@@ -332,9 +331,9 @@ def test_sigkill_of_flowctl_while_stages_start_leaves_no_stage(
             stage.kill()
 
 
-def test_stage_whose_parent_is_gone_exits_at_start(env):
-    # What a stage sees when flowctl died before the stage asked for the
-    # parent-death signal: its parent is no longer the pid it was given.
+def test_stage_exits_when_parent_gone(env):
+    # flowctl died before the stage requested the parent-death signal, so
+    # the stage's parent is no longer the pid it was given.
     result = subprocess.run(
         [sys.executable, "-m", "flowctl.stages.generate"],
         env={**env, "FLOWCTL_PARENT_PID": str(os.getpid() + 1_000_000)},
