@@ -86,12 +86,49 @@ class TooManyValues(Exception):
     """The document expands to more than MAX_VALUES values."""
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_loader: Any = None
+
+
+def _yaml_loader() -> Any:
+    """Return a YAML loader used only to type and build single scalars."""
+    global _loader
+    if _loader is None:
+        # Imported here because the inline form of a pipeline needs no
+        # YAML parser, and importing one costs about 12 ms.
+        import yaml
+        _loader = yaml.SafeLoader("")
+    return _loader
+
+
+def plain_scalar(text: str) -> Any:
+    """Return the value of `text` written as a plain YAML scalar.
+
+    The text is typed, not parsed: `10` is a number, `true` a boolean and
+    `null` None, but `*.jsonl`, `out #1` or `[a]` stay text as written.
+    Raises ValueError for a value that YAML types but cannot build, such
+    as the date 2024-02-30.
+    """
+    import yaml
+
+    loader = _yaml_loader()
+    tag = loader.resolve(yaml.ScalarNode, text, (True, False))
+    if tag == _STR_TAG:
+        return text
+    node = yaml.ScalarNode(tag, text)
+    try:
+        return loader.yaml_constructors[tag](loader, node)
+    except (ValueError, OverflowError, yaml.YAMLError) as error:
+        raise ValueError(f"invalid value {text!r}: {error}") from None
+
+
 class _Builder:
     def __init__(self, document: Document, environ: Mapping[str, str]):
-        self.document = document
-        self.environ = environ
         import yaml
         self.yaml = yaml
+        self.document = document
+        self.environ = environ
         self.constructor = yaml.SafeLoader("")
         self.count = 0
 
@@ -109,13 +146,15 @@ class _Builder:
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> dict:
         result: dict = {}
+        merged = []
         for key_node, value_node in node.value:
-            key = self._scalar(key_node, path)
-            line = key_node.start_mark.line + 1
-            if isinstance(key, (dict, list)) or key is None:
-                self.document.problems.append(
-                    Problem(line, f"invalid key {key!r}"))
+            if key_node.tag == _MERGE_TAG:
+                merged.extend(self._merged_pairs(value_node))
                 continue
+            key = self._key(key_node, path)
+            if key is None:
+                continue
+            line = key_node.start_mark.line + 1
             if key in result:
                 self.document.problems.append(Problem(
                     line, f"duplicate key {key!r}",
@@ -124,35 +163,76 @@ class _Builder:
                 continue
             self.document.key_lines[path + (key,)] = line
             result[key] = self.build(value_node, path + (key,))
+        # Keys from a merge (`<<: *defaults`) fill in only what the mapping
+        # does not set itself, and the first merged mapping wins.
+        for key_node, value_node in merged:
+            key = self._key(key_node, path)
+            if key is None or key in result:
+                continue
+            self.document.key_lines[path + (key,)] = (
+                key_node.start_mark.line + 1)
+            result[key] = self.build(value_node, path + (key,))
         return result
+
+    def _key(self, node: yaml.Node, path: Path) -> Any:
+        key = self._scalar(node, path)
+        if isinstance(key, (dict, list)) or key is None:
+            self.document.problems.append(Problem(
+                node.start_mark.line + 1, f"invalid key {key!r}"))
+            return None
+        return key
+
+    def _merged_pairs(self, node: yaml.Node) -> list:
+        """Return the key and value nodes that a merge key brings in."""
+        if isinstance(node, self.yaml.MappingNode):
+            own = [pair for pair in node.value if pair[0].tag != _MERGE_TAG]
+            inherited = [pair for key_node, value_node in node.value
+                         if key_node.tag == _MERGE_TAG
+                         for pair in self._merged_pairs(value_node)]
+            return own + inherited
+        if isinstance(node, self.yaml.SequenceNode) and all(
+                isinstance(item, self.yaml.MappingNode) for item in node.value):
+            return [pair for item in node.value
+                    for pair in self._merged_pairs(item)]
+        self.document.problems.append(Problem(
+            node.start_mark.line + 1,
+            "a merge key '<<' takes a mapping or a list of mappings",
+            "write <<: *name, where &name marks a mapping"))
+        return []
 
     def _scalar(self, node: yaml.Node, path: Path) -> Any:
         if not isinstance(node, self.yaml.ScalarNode):
             return self.build(node, path)
-        value = self.constructor.construct_object(node, deep=True)
+        line = node.start_mark.line + 1
+        try:
+            value = self.constructor.construct_object(node, deep=True)
+        except (ValueError, OverflowError, self.yaml.YAMLError) as error:
+            reason = getattr(error, "problem", None) or str(error)
+            self.document.problems.append(Problem(
+                line, f"invalid value {node.value!r}: {reason}"))
+            return node.value
         if not isinstance(value, str) or "$" not in node.value:
             return value
         text, missing = interpolate(node.value, self.environ)
         for name in missing:
             self.document.problems.append(Problem(
-                node.start_mark.line + 1,
-                f"environment variable {name} is not set",
+                line, f"environment variable {name} is not set",
                 f"set it, or give a default as ${{{name}:-value}}"))
-        if node.style is None:
+        if node.style is None and text.strip():
             # A plain scalar is typed after interpolation, so that
-            # `count: ${N:-10}` is the number 10.
-            resolved = self.yaml.safe_load(text) if text.strip() else text
-            if not isinstance(resolved, (dict, list)):
-                return resolved
+            # `count: ${N:-10}` is the number 10.  The variable's value is
+            # not read as YAML: `*.jsonl` or `out #1` stay text.
+            try:
+                return plain_scalar(text)
+            except ValueError as error:
+                self.document.problems.append(Problem(line, str(error)))
         return text
 
 
 def load(text: str, filename: str,
          environ: Mapping[str, str] | None = None) -> Document:
     """Parse YAML text into a Document; syntax errors become problems."""
-    # Imported here because the inline form of a pipeline needs no YAML
-    # parser, and importing one costs about 12 ms.
-    import yaml
+    import yaml  # about 12 ms, which the inline form does not need
 
     document = Document(filename, None)
     try:

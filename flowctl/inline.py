@@ -3,9 +3,10 @@
     flowctl run -e 'read-lines path=/var/log/dpkg.log | exec grep install
                     | write-jsonl path=-'
 
-Segments are separated by `|`.  A segment is a built-in stage name with
-`key=value` config (values are read as YAML scalars, so `count=10` is a
-number), or `exec [--codec CODEC] [--success-exit-codes 0,1] PROGRAM
+Segments are separated by `|` outside quotes, and words are split as a
+shell splits them (`#` starts no comment).  A segment is a built-in stage
+name with `key=value` config (values are typed as plain YAML scalars, so
+`count=10` is a number and `path=*.log` is text), or `exec [--codec CODEC] [--success-exit-codes 0,1] PROGRAM
 ARGS...` for an executable, with the `lines` codec unless another is
 given.  The first segment is the
 source, the last the sink and the rest processors, in a chain.  When the
@@ -24,7 +25,8 @@ import shlex
 from typing import Any
 
 from flowctl.builtins import BUILTINS, ROLE_SECTIONS
-from flowctl.document import Document, Problem
+from flowctl.codecs import TEXT_CODECS
+from flowctl.document import Document, Problem, plain_scalar
 from flowctl.pipeline import API_VERSION, KIND
 
 # Values that YAML reads the same way without a parser: decimal integers
@@ -38,35 +40,41 @@ INLINE_FILENAME = "-e"
 DEFAULT_SINK = ("write-jsonl", {"path": "-"})
 
 
-def _tokens(text: str) -> list[str]:
-    lexer = shlex.shlex(text, posix=True, punctuation_chars="|")
-    lexer.whitespace_split = True
-    return list(lexer)
-
-
-def _segments(tokens: list[str]) -> list[list[str]]:
-    segments: list[list[str]] = [[]]
-    for token in tokens:
-        if token and set(token) == {"|"}:
-            segments.extend([] for _ in token)
-        else:
-            segments[-1].append(token)
+def _split_segments(text: str) -> list[str]:
+    """Split the text at each `|` outside quotes, as a shell would."""
+    segments: list[str] = []
+    current: list[str] = []
+    quote = ""
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+        elif char == "|":
+            segments.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    segments.append("".join(current))
     return segments
 
 
 def _parse_value(text: str) -> Any:
     if _PLAIN_INTEGER.fullmatch(text):
         return int(text)
-    if _PLAIN_WORD.fullmatch(text) and text.lower() not in _YAML_WORDS:
+    if (_PLAIN_WORD.fullmatch(text) and text.lower() not in _YAML_WORDS
+            or not text.strip()):
         return text
-    # Imported only here: the parser costs about 12 ms to import.
-    import yaml
-
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
+        return plain_scalar(text)
+    except ValueError:
         return text
-    return text if isinstance(value, (dict, list)) or value is None else value
 
 
 def _segment_entry(words: list[str], number: int,
@@ -108,6 +116,10 @@ def _segment_entry(words: list[str], number: int,
             problems.append(Problem(number, f"expected key=value after "
                                             f"'{name}', got {word!r}"))
             continue
+        if key in config:
+            problems.append(Problem(number, f"duplicate key {key!r}",
+                                    f"'{name}' takes each key once"))
+            continue
         # A key that takes text keeps it as written: where=True is the
         # expression "True", not a boolean.
         text_only = key in params and params[key].type is str
@@ -129,16 +141,17 @@ def _role(entry: dict[str, Any], position: int, count: int) -> str:
 
 def parse_inline(text: str) -> Document:
     """Turn the inline form into a pipeline document."""
-    try:
-        tokens = _tokens(text)
-    except ValueError as error:
-        return _failed(f"cannot split the pipeline: {error}")
-    if not tokens:
+    if not text.strip():
         return _failed("the pipeline is empty")
-
     problems: list[Problem] = []
     entries = []
-    for number, words in enumerate(_segments(tokens), 1):
+    for number, segment in enumerate(_split_segments(text), 1):
+        try:
+            words = shlex.split(segment)
+        except ValueError as error:
+            problems.append(Problem(number, f"cannot split the segment: "
+                                            f"{error}"))
+            continue
         entry = _segment_entry(words, number, problems)
         if entry is not None:
             entries.append((number, entry))
@@ -164,14 +177,15 @@ def _failed(message: str) -> Document:
 def _add_default_sink(entries: list[tuple[int, dict[str, Any]]]) -> None:
     """Append `write-jsonl path=-` unless the last segment is a sink.
 
-    An executable as the last of several segments is a sink already: it
-    writes to flowctl's standard output itself.
+    An executable with a text codec as the last of several segments is a
+    sink already: it writes to flowctl's standard output itself.  One that
+    speaks msgpack is a processor, and the added sink prints its records.
     """
     last = entries[-1][1]
     builtin = BUILTINS.get(last.get("stage", ""))
     if builtin is not None and builtin.role == "sink":
         return
-    if len(entries) > 1 and "command" in last:
+    if len(entries) > 1 and last.get("codec") in TEXT_CODECS:
         return
     name, config = DEFAULT_SINK
     entries.append((len(entries) + 1,

@@ -70,8 +70,9 @@ def become_subreaper() -> None:
 
     NOTE: this covers a run that ends normally or by a signal flowctl can
     handle.  When flowctl dies by SIGKILL, the stages die through their
-    parent-death signal, but a background child that a stage's program
-    started itself is adopted by init and may survive.
+    parent-death signal, but a child that a stage's program started itself
+    (a command that the shell of a `shell:` stage forks, say) is adopted by
+    init and may survive.
     """
     _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 

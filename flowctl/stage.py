@@ -225,10 +225,22 @@ class _FunctionSink(Sink):
 
 def config() -> dict[str, Any]:
     """Return this stage's `config` mapping from the pipeline file."""
-    return Context().config if _context is None else _context.config
+    return _the_context().config
 
 
 _context: Context | None = None
+
+
+def _the_context() -> Context:
+    """Return the process's one Context, creating it on first use.
+
+    A second Context would take over the output pipes again, and the
+    frames of the first would go to the stage's log instead.
+    """
+    global _context
+    if _context is None:
+        _context = Context()
+    return _context
 
 
 def _preview(record: Any) -> str:
@@ -282,10 +294,9 @@ class _RecordFailed(Exception):
 
 
 def _start(role: str) -> Context:
-    global _context
-    _context = Context()
-    _context.start(role)
-    return _context
+    ctx = _the_context()
+    ctx.start(role)
+    return ctx
 
 
 def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]],

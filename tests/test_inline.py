@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
-from conftest import run_flowctl
+from conftest import STAGES, run_flowctl
 from flowctl.inline import parse_inline
 
 EXIT_USAGE = 2
+FOREIGN_STAGE = STAGES / "foreign_stage.py"
 
 
 def run_inline(expression: str, env: dict[str, str], cwd: Path
@@ -136,6 +138,58 @@ def test_exec_alone_prints_records(tmp_path, env):
     assert result.stdout == '{"line":"1"}\n{"line":"2"}\n'
 
 
+def test_exec_msgpack_last_gets_default_sink(tmp_path, env):
+    result = run_inline(
+        f"generate count=3 | exec --codec msgpack {sys.executable} "
+        f"{FOREIGN_STAGE}", env, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == '{"seq":0}\n{"seq":1}\n{"seq":2}\n'
+
+
+def test_hash_inside_word_is_text(tmp_path, env):
+    (tmp_path / "notes#1.txt").write_text("a#b\nb#c\nc\n")
+
+    result = run_inline(
+        "read-lines path=notes#1.txt | exec grep -v b#c "
+        "| write-jsonl path=kept.jsonl", env, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "kept.jsonl").read_text() == (
+        '{"line":"a#b"}\n{"line":"c"}\n')
+
+
+def test_quoted_bar_is_an_argument(tmp_path, env):
+    (tmp_path / "rows.txt").write_text("a|b|c\nd|e|f\n")
+
+    result = run_inline(
+        "read-lines path=rows.txt | exec cut -d \"|\" -f 2 "
+        "| exec tr '|' ','", env, tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "b\ne\n"
+
+
+def test_values_typed_not_parsed():
+    doc = parse_inline("generate count=null | map expr=r "
+                       "| write-jsonl path=*.jsonl nulls='a #b'")
+
+    assert doc.data["spec"]["sources"][0]["config"] == {"count": None}
+    assert doc.data["spec"]["sinks"][0]["config"] == {
+        "path": "*.jsonl", "nulls": "a #b"}
+
+
+def test_duplicate_key_reported(tmp_path, env):
+    result = run_inline("generate count=1 count=2", env, tmp_path)
+
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.splitlines() == [
+        "-e segment 1: duplicate key 'count' ('generate' takes each key "
+        "once)",
+        "1 problem found in -e",
+    ]
+
+
 def test_repeated_names_numbered(tmp_path, env):
     result = run_inline(
         "generate count=4 | map expr=\"r['seq']\" | map expr=r+1 "
@@ -244,7 +298,7 @@ def test_unclosed_quote_reported(tmp_path, env):
 
     assert result.returncode == EXIT_USAGE
     assert result.stderr.splitlines() == [
-        "-e segment 1: cannot split the pipeline: No closing quotation",
+        "-e segment 2: cannot split the segment: No closing quotation",
         "1 problem found in -e",
     ]
 

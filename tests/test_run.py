@@ -305,6 +305,36 @@ def test_sigkill_of_flowctl_leaves_no_stage(tmp_path, env, home, spawned):
     wait_until(lambda: stage_processes(str(home)) == [], timeout=HANG_GUARD)
 
 
+def test_config_read_before_run(tmp_path, env):
+    script = tmp_path / "scale.py"
+    script.write_text(
+        "import flowctl\n"
+        "factor = flowctl.config()['factor']\n"
+        "flowctl.run_processor(lambda r: {'n': r['seq'] * factor})\n")
+    out = tmp_path / "out.jsonl"
+    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          sources:
+            - {{id: numbers, stage: generate, config: {{count: 3}}}}
+          processors:
+            - id: scale
+              command: [{sys.executable}, {script}]
+              codec: msgpack
+              config: {{factor: 10}}
+              inputs: [numbers]
+          sinks:
+            - {{id: out, stage: write-jsonl, config: {{path: {out}}},
+                inputs: [scale]}}
+        """)
+
+    result = run_flowctl(["run", str(pipeline)], env, timeout=HANG_GUARD)
+
+    assert result.returncode == 0, result.stderr
+    assert read_jsonl(out) == [{"n": 0}, {"n": 10}, {"n": 20}]
+
+
 @pytest.mark.parametrize("started", [1, 3])
 def test_sigkill_while_stages_start(started, tmp_path, env, home, spawned):
     # flowctl's own stage programs request the parent-death signal when

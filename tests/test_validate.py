@@ -733,6 +733,92 @@ def test_interpolate_variable_and_default():
     }
 
 
+def test_interpolated_value_is_typed_not_parsed():
+    text = (
+        "a: ${GLOB}\n"
+        "b: ${HASH}\n"
+        "c: ${QUOTED}\n"
+        "d: ${BAR}\n"
+        "e: ${COLONS}\n"
+        "f: ${NULL}\n"
+        "g: ${FLAG}\n"
+    )
+    environ = {"GLOB": "*.jsonl", "HASH": "out #1.jsonl", "QUOTED": "'q'",
+               "BAR": "|", "COLONS": "a: b: c", "NULL": "null",
+               "FLAG": "yes"}
+
+    loaded = document.load(text, FILENAME, environ)
+
+    assert loaded.problems == []
+    assert loaded.data == {"a": "*.jsonl", "b": "out #1.jsonl", "c": "'q'",
+                           "d": "|", "e": "a: b: c", "f": None, "g": True}
+
+
+def test_interpolated_invalid_date_reported():
+    loaded = document.load("a: 1\nb: ${DAY}\n", FILENAME,
+                           {"DAY": "2024-02-30"})
+
+    assert [(problem.line, problem.message) for problem in loaded.problems] \
+        == [(2, "invalid value '2024-02-30': day is out of range for month")]
+    assert loaded.data == {"a": 1, "b": "2024-02-30"}
+
+
+def test_unbuildable_values_reported():
+    text = "a: 2024-02-30\nb: !!int abc\nc: !custom foo\nd: 4\n"
+
+    loaded = document.load(text, FILENAME, {})
+
+    assert [(problem.line, problem.message) for problem in loaded.problems] \
+        == [(1, "invalid value '2024-02-30': day is out of range for month"),
+            (2, "invalid value 'abc': invalid literal for int() with base "
+                "10: 'abc'"),
+            (3, "invalid value 'foo': could not determine a constructor "
+                "for the tag '!custom'")]
+    assert loaded.data == {"a": "2024-02-30", "b": "abc", "c": "foo", "d": 4}
+
+
+def test_merge_keys_fill_in_missing_keys():
+    text = (
+        "base: &base {path: a.jsonl, count: 1}\n"
+        "extra: &extra {count: 2, rate: 5}\n"
+        "one:\n"
+        "  <<: *base\n"
+        "  count: 3\n"
+        "two:\n"
+        "  <<: [*base, *extra]\n"
+    )
+
+    loaded = document.load(text, FILENAME, {})
+
+    assert loaded.problems == []
+    assert loaded.data["one"] == {"count": 3, "path": "a.jsonl"}
+    assert loaded.data["two"] == {"path": "a.jsonl", "count": 1, "rate": 5}
+
+
+def test_merge_key_of_a_number_reported():
+    loaded = document.load("a: 1\nb:\n  <<: 5\n", FILENAME, {})
+
+    assert [(problem.line, problem.message) for problem in loaded.problems] \
+        == [(3, "a merge key '<<' takes a mapping or a list of mappings")]
+
+
+def test_validate_unbuildable_value_exits_2(tmp_path, env):
+    result = validate(tmp_path, env, """
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          sources:
+            - {id: numbers, stage: generate, config: {count: 2024-02-30}}
+          sinks:
+            - {id: out, stage: discard, inputs: [numbers]}
+        """)
+
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.splitlines()[0] == (
+        "pipeline.yaml:5: invalid value '2024-02-30': day is out of range "
+        "for month")
+
+
 def test_interpolate_missing_variable_line():
     text = "a: 1\nb:\n  c: ${MISSING}/x\n  d: ${ALSO_MISSING}\n"
 
