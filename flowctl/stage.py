@@ -259,10 +259,7 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
     except BadInput as error:
         ctx.fail(str(error), EXIT_BAD_INPUT, upstream=error.stage)
     except _RecordFailed as error:
-        import traceback
-
-        traceback.print_exception(error.cause, file=sys.stderr)
-        sys.stderr.flush()
+        _print_stage_traceback(error.cause)
         ctx.fail(f"{type(error.cause).__name__}: {error.cause} "
                  f"(record {_preview(error.record)})")
     except (OutputsClosed, BrokenPipeError):
@@ -284,6 +281,20 @@ def _guard(ctx: Context, body: Callable[[], None]) -> None:
         sys.stderr.flush()
         ctx.fail(f"{type(error).__name__}: {error}")
     sys.exit(0)
+
+
+def _print_stage_traceback(error: BaseException) -> None:
+    """Print the traceback of an error in the stage's own code, without
+    the frames of this module or the error it was handling."""
+    import traceback
+
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if frame.filename != __file__]
+    sys.stderr.write("".join(
+        ["Traceback (most recent call last):\n"]
+        + traceback.format_list(frames)
+        + traceback.format_exception_only(type(error), error)))
+    sys.stderr.flush()
 
 
 class _RecordFailed(Exception):
