@@ -489,6 +489,16 @@ def test_show_unknown_id_fails(directory, env):
         f"checkpoint list {directory}` shows the checkpoints there\n")
 
 
+@pytest.mark.parametrize("command", ["show", "verify"])
+def test_directory_as_id_rejected(command, directory, env):
+    result = checkpoint([command, str(directory)], env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        f"Error: '{directory}' is a directory, not a checkpoint ID (give the "
+        f"directory as --dir {directory})")
+
+
 def test_show_partial_fails(directory, env):
     newer = add_newer_partial(directory)
     result = checkpoint(["show", newer, "--dir", str(directory)], env)

@@ -246,6 +246,15 @@ def _find(checkpoints: list[Checkpoint], requested: str,
           f"checkpoints there")
 
 
+def _check_id(checkpoint_id: str | None) -> None:
+    """Reject a directory given where a checkpoint ID belongs."""
+    if (checkpoint_id is not None and not checkpoint_id.isdigit()
+            and os.path.isdir(checkpoint_id)):
+        raise click.UsageError(
+            f"{checkpoint_id!r} is a directory, not a checkpoint ID (give "
+            f"the directory as --dir {checkpoint_id})")
+
+
 def _newest_complete_index(checkpoints: list[Checkpoint]) -> int:
     """Return the index of the newest checkpoint with a manifest, or -1."""
     for index in range(len(checkpoints) - 1, -1, -1):
@@ -423,6 +432,7 @@ def show_command(checkpoint_id: str, directory_option: str | None,
       flowctl checkpoint show 12
       flowctl checkpoint show 000012 --dir /var/lib/etl/checkpoints --json
     """
+    _check_id(checkpoint_id)
     storage = _open_storage(_resolve_directory(None, directory_option,
                                                pipeline_file))
     item = _find(_inspect(storage), checkpoint_id, storage)
@@ -469,6 +479,7 @@ def verify_command(checkpoint_id: str | None, directory_option: str | None,
       flowctl checkpoint verify 12 --dir /var/lib/etl/checkpoints
       flowctl checkpoint verify --pipeline pipeline.yaml
     """
+    _check_id(checkpoint_id)
     storage = _open_storage(_resolve_directory(None, directory_option,
                                                pipeline_file))
     checkpoints = _inspect(storage)
