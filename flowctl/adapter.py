@@ -134,18 +134,37 @@ class Program:
         self.argv = argv
         self.has_inputs = role != "source"
         self.has_outputs = role != "sink"
+        # A sink's program writes straight to flowctl's standard output.
+        self.stdout_fd = int(os.environ.get(ENV_STDOUT_FD, "1"))
         self.process: subprocess.Popen | None = None
 
     def start(self) -> subprocess.Popen:
         stdout: Any = subprocess.PIPE
         if not self.has_outputs:
-            stdout = int(os.environ.get(ENV_STDOUT_FD, "1"))
+            stdout = self.stdout_fd
         self.process = subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE if self.has_inputs else subprocess.DEVNULL,
             stdout=stdout, preexec_fn=child_setup(new_process_group=False),
             pass_fds=() if self.has_outputs else (stdout,))
         return self.process
+
+    def stdout_reader_gone(self) -> bool:
+        """Check whether the program writes to flowctl's standard output
+        and every reader of that pipe has exited (`flowctl run ... | head`
+        once head has read enough).
+
+        Linux poll() reports POLLERR on the write end of a pipe without
+        readers.  The pipe is checked, not the exit status alone, because
+        SIGPIPE or an EPIPE error may also come from a pipe that the
+        program made itself.
+        """
+        if self.has_outputs:
+            return False
+        poller = select.poll()
+        poller.register(self.stdout_fd, select.POLLOUT)
+        return any(events & select.POLLERR
+                   for _, events in poller.poll(0))
 
 
 def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
@@ -170,6 +189,8 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
     def check_exit(code: int) -> None:
         stopped = ctx.control.stop_requested and role == "source"
         if code not in success_codes and not stopped:
+            if program.stdout_reader_gone():
+                _end_with_stdout_closed(ctx)
             hint = ""
             if code == 1 and os.path.basename(argv[0]) == "grep":
                 hint = ("; grep exits with 1 when no line matched, so add "
@@ -219,6 +240,23 @@ def _run(ctx: Context, argv: list[str], codec_name: str, role: str,
     if ctx.checkpointing and not ctx.control.stop_requested:
         _report_final(ctx, role)
     ctx.finish()
+
+
+def _end_with_stdout_closed(ctx: Context) -> None:
+    """End a sink quietly with exit code 0 when its program failed after
+    the reader of flowctl's standard output had exited.
+
+    A built-in sink ends the same way when a write to that output fails
+    with EPIPE.  Once the stage process exits, flowctl lets go of its input
+    pipes and the stages before it end as well.
+
+    NOTE: a program that fails for another reason after the reader has
+    gone also ends quietly, because its exit code does not say whether an
+    EPIPE error made it fail.  What it would have written is lost in
+    either case.
+    """
+    ctx.done()
+    os._exit(0)
 
 
 def _report_final(ctx: Context, role: str) -> None:

@@ -23,6 +23,7 @@ number of records for each one it receives.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 TYPE_CHECKING = False
@@ -323,10 +324,69 @@ def run_source(source: Source | Callable[[dict[str, Any]], Iterable[Any]],
     _guard(ctx, lambda: _source_loop(ctx, source))
 
 
+class _Interrupted(BaseException):
+    """The exception that ends a source stopped while its code blocked."""
+
+
+class _StopSignal:
+    """The source loop's SIGINT handler, which turns the signal into a stop.
+
+    flowctl sends SIGINT to a built-in source that is still running a
+    second after the stop message, because its code may be blocked in a
+    read (of standard input, say) where no message reaches it.  While the
+    source's own code runs, the signal raises _Interrupted there.
+    Elsewhere it only marks the stop, so a frame is never cut in half.
+    """
+
+    def __init__(self, control: Any) -> None:
+        self.control = control
+        self.in_source = False
+        self.previous: Any = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.control.stop_requested = True
+        if self.in_source:
+            self.in_source = False
+            raise _Interrupted()
+
+    def install(self) -> None:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        except ValueError:
+            pass  # not the main thread: only the stop message works
+
+    def uninstall(self) -> None:
+        self.in_source = False
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 def _source_loop(ctx: Context, source: Source) -> None:
-    source.open(ctx.config)
-    _restore(ctx, source)
-    ctx.ready()
+    stop_signal = _StopSignal(ctx.control)
+    stop_signal.install()
+    try:
+        stop_signal.in_source = True
+        source.open(ctx.config)
+        stop_signal.in_source = False
+    except _Interrupted:
+        ctx.ready()
+        ctx.finish()
+        return
+    try:
+        _restore(ctx, source)
+        ctx.ready()
+        _emit_records(ctx, source, stop_signal)
+    finally:
+        stop_signal.uninstall()
+    if ctx.checkpointing and not ctx.control.stop_requested:
+        # The end of the data: this state is the source's final one.
+        _save(ctx, source, None, final=True)
+    source.close()
+    ctx.finish()
+
+
+def _emit_records(ctx: Context, source: Source,
+                  stop_signal: _StopSignal) -> None:
     outputs = ctx.outputs
     control = ctx.control
     batch_size = outputs.limit
@@ -337,12 +397,14 @@ def _source_loop(ctx: Context, source: Source) -> None:
     last_flush = monotonic()
     add = list.extend if source.batched else list.append
     try:
+        stop_signal.in_source = True
         for record in generator:
             if record is not IDLE:
                 add(buffer, record)
                 if (len(buffer) < batch_size
                         and monotonic() - last_flush < interval):
                     continue
+            stop_signal.in_source = False
             outputs.flush()
             buffer = outputs.buffer
             batch_size = outputs.limit
@@ -353,16 +415,15 @@ def _source_loop(ctx: Context, source: Source) -> None:
             ctx.report_stats()
             if control.stop_requested:
                 break
+            stop_signal.in_source = True
+    except _Interrupted:
+        pass
     finally:
+        stop_signal.in_source = False
         close = getattr(generator, "close", None)
         if close is not None:
             close()
     outputs.flush()
-    if ctx.checkpointing and not control.stop_requested:
-        # The end of the data: this state is the source's final one.
-        _save(ctx, source, None, final=True)
-    source.close()
-    ctx.finish()
 
 
 def _pass_barrier(ctx: Context, stage: Any, checkpoint_id: int) -> None:

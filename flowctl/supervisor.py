@@ -61,11 +61,18 @@ REGISTRY_INTERVAL = 1.0
 STARTUP_GRACE_SECONDS = 1.0
 # How long a neighbour of a restarted stage has to switch to its new pipe.
 REWIRE_TIMEOUT = 30.0
+# Seconds after the stop message before a built-in source still running
+# gets SIGINT, which ends a read that blocks (on a quiet stdin, say).
+SOURCE_INTERRUPT_DELAY = 1.0
 DRAIN_READ_SIZE = 1024 * 1024
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# The signals that stop a run gracefully, with the exit code of a run they
+# stopped (128 + the signal number, as a shell reports it).  SIGHUP is what
+# flowctl gets when its terminal closes.
+SIGNAL_EXIT_CODES = {signal.SIGHUP: 129, signal.SIGINT: 130,
+                     signal.SIGTERM: 143}
 
 
 @dataclass
@@ -109,6 +116,7 @@ class Run:
         self.signal_received: int | None = None
         self.stop_requested = False
         self.drain_deadline: float | None = None
+        self.interrupt_sources_at: float | None = None
         self.failing = False
         self.failure_message = ""
         self.retired: dict[tuple[str, str, int], tuple[int, int]] = {}
@@ -291,6 +299,13 @@ class Run:
                     f"to a new pipe within {REWIRE_TIMEOUT:g}s after a "
                     f"neighbour restarted; records could be lost, so the "
                     f"run stops")
+        if (self.interrupt_sources_at is not None
+                and now >= self.interrupt_sources_at):
+            self.interrupt_sources_at = None
+            for stage in self.stages.values():
+                if (stage.spec.role == "source" and stage.alive
+                        and stage.spec.builtin is not None):
+                    stage.signal(signal.SIGINT)
         if self.drain_deadline is not None and now >= self.drain_deadline:
             self.drain_deadline = None
             self.view.event(f"the drain timeout of "
@@ -712,7 +727,9 @@ class Run:
                 stage.state = "stopped"
                 if self.checkpoints is None:
                     self._close_gap(stage)
-        self.drain_deadline = time.monotonic() + self.pipeline.drain_timeout
+        now = time.monotonic()
+        self.interrupt_sources_at = now + SOURCE_INTERRUPT_DELAY
+        self.drain_deadline = now + self.pipeline.drain_timeout
 
     def _close_gap(self, stage: StageProcess) -> None:
         """Let the stream drain around a stage that will not restart.

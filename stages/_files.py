@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
 import shutil
+import stat
 import sys
 import uuid
 from typing import IO, Any, Iterator
@@ -17,7 +19,8 @@ import msgpack
 
 from flowctl import faults
 from flowctl.checkpoints.local import fsync_directory
-from flowctl.stage import Checkpointable, Sink, Source, StageError, context
+from flowctl.stage import (IDLE, Checkpointable, Sink, Source, StageError,
+                           context)
 from flowctl.stages._common import open_output
 
 RESTORE_ADVICE = ("restore the file, or run without --resume to start "
@@ -26,6 +29,8 @@ RESTORE_ADVICE = ("restore the file, or run without --resume to start "
 # The first bytes of a file, hashed, tell a replaced file from the one a
 # checkpoint read, also when it was copied to a new inode.
 HEAD_BYTES = 64 * 1024
+# Bytes per read from a pipe or terminal.
+STREAM_READ_SIZE = 64 * 1024
 
 
 def _head_hash(path: str, size: int) -> str:
@@ -68,13 +73,47 @@ class FileSource(Source, Checkpointable):
                          "head_size": head,
                          "head_sha256": _head_hash(self.path, head)}
 
-    def lines(self) -> Iterator[bytes]:
+    def lines(self, idle: bool = False) -> Iterator[Any]:
         """Yield the file's lines; the offset counts each before it is
-        yielded, so a save between two records includes the last one."""
+        yielded, so a save between two records includes the last one.
+
+        With `idle`, a pipe or terminal that has no line ready yields IDLE
+        before the read blocks, so that the records so far go out at once
+        instead of waiting in a batch for lines that come later.
+        """
+        if idle and not self.path.endswith(".gz") and not stat.S_ISREG(
+                os.fstat(self.file.fileno()).st_mode):
+            yield from self._stream_lines()
+            return
         for line in self.file:
             self.offset += len(line)
             self.lines_read += 1
             yield line
+
+    def _stream_lines(self) -> Iterator[Any]:
+        fd = self.file.fileno()
+        rest = b""
+        while True:
+            if not select.select([fd], [], [], 0)[0]:
+                yield IDLE
+            chunk = os.read(fd, STREAM_READ_SIZE)
+            if not chunk:
+                break
+            data = rest + chunk if rest else chunk
+            start = 0
+            end = data.find(b"\n")
+            while end >= 0:
+                line = data[start:end + 1]
+                self.offset += len(line)
+                self.lines_read += 1
+                yield line
+                start = end + 1
+                end = data.find(b"\n", start)
+            rest = data[start:]
+        if rest:
+            self.offset += len(rest)
+            self.lines_read += 1
+            yield rest
 
     def save_checkpoint(self) -> bytes:
         return msgpack.packb({"path": self.path, "offset": self.offset,

@@ -55,6 +55,9 @@ class ReadCsv(FileSource):
         self.header = extra
 
     def _text_lines(self) -> Iterator[str]:
+        # NOTE: rows from a pipe or terminal wait in a batch until more
+        # rows come or the input ends, because the CSV reader pulls lines
+        # itself and cannot pass IDLE on as read-lines and read-jsonl do.
         for line in self.lines():
             yield line.decode("utf-8", "replace")
 

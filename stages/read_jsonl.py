@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from typing import Any, Iterator
 
-from flowctl.stage import run
+from flowctl.stage import IDLE, run
 from flowctl.stages._files import FileSource
 
 
 class ReadJsonl(FileSource):
     def records(self) -> Iterator[Any]:
         loads = json.loads
-        for line in self.lines():
+        for line in self.lines(idle=True):
+            if line is IDLE:
+                yield IDLE
+                continue
             if not line.strip():
                 continue
             try:

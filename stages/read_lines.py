@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
-from flowctl.stage import run
+from flowctl.stage import IDLE, run
 from flowctl.stages._files import FileSource
 
 
 class ReadLines(FileSource):
-    def records(self) -> Iterator[dict[str, str]]:
-        for line in self.lines():
+    def records(self) -> Iterator[Any]:
+        for line in self.lines(idle=True):
+            if line is IDLE:
+                yield IDLE
+                continue
             self.records_read += 1
             text = line.decode("utf-8", "replace")
             if text.endswith("\n"):

@@ -310,6 +310,50 @@ def test_sigkill_of_flowctl_leaves_no_stage(tmp_path, env, home, spawned):
     wait_until(lambda: stage_processes(str(home)) == [], timeout=HANG_GUARD)
 
 
+def test_sigint_stops_source_blocked_on_stdin(tmp_path, env, home,
+                                              spawned):
+    # The source waits on a standard input that stays open and quiet, so
+    # it never reads the stop message.  With a drain timeout of ten
+    # minutes, only the SIGINT that flowctl sends it ends the run.
+    fifo = tmp_path / "stdin"
+    os.mkfifo(fifo)
+    out = tmp_path / "out.jsonl"
+    errors = tmp_path / "stderr.txt"
+    pipeline = write_pipeline(tmp_path / "p.yaml", f"""
+        apiVersion: flowctl/v1
+        kind: Pipeline
+        spec:
+          supervisor: {{drain_timeout: 10m}}
+          sources:
+            - {{id: lines, stage: read-lines, config: {{path: "-"}}}}
+          sinks:
+            - {{id: out, stage: write-jsonl, config: {{path: {out}}},
+                inputs: [lines]}}
+        """)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(fifo, os.O_WRONLY)
+    os.set_blocking(reader, True)
+    try:
+        with open(errors, "w") as stderr:
+            process = subprocess.Popen(
+                FLOWCTL + ["run", str(pipeline)], env=env, cwd=REPO,
+                stdin=reader, stdout=subprocess.DEVNULL, stderr=stderr,
+                start_new_session=True)
+        spawned.append(process)
+        os.write(writer, b"first\nsecond\n")
+        # The lines go out while stdin stays open: the source sends what
+        # it has before each read that would block.
+        wait_until(lambda: line_count(out) == 2, timeout=HANG_GUARD)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=HANG_GUARD)
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert process.returncode == 130, errors.read_text()
+    assert read_jsonl(out) == [{"line": "first"}, {"line": "second"}]
+    assert stage_processes(str(home)) == []
+
+
 def test_config_read_before_run(tmp_path, env):
     script = tmp_path / "scale.py"
     script.write_text(

@@ -3,12 +3,46 @@ had enough, the stages before it stop quietly."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
-from conftest import FLOWCTL, REPO, run_flowctl, stage_processes
+import psutil
+import pytest
+
+from conftest import (FLOWCTL, REPO, descendants, run_flowctl,
+                      stage_processes, wait_until)
 
 HANG_GUARD = 60
+
+
+def run_into_head(expression: str, env: dict[str, str], spawned: list,
+                  stderr_path: Path) -> tuple[subprocess.Popen, bytes]:
+    """Start `flowctl run -e EXPRESSION | head -n 2` and return flowctl's
+    Popen and what head printed, once head has exited.
+
+    The test process keeps no end of the pipe open, so head is its only
+    reader.
+    flowctl's stderr goes to a file, which cannot fill up and block it.
+    """
+    read_end, write_end = os.pipe()
+    try:
+        with open(stderr_path, "wb") as stderr:
+            flowctl = subprocess.Popen(
+                FLOWCTL + ["run", "-e", expression], env=env, cwd=REPO,
+                stdout=write_end, stderr=stderr)
+        spawned.append(flowctl)
+        head = subprocess.Popen(["head", "-n", "2"], stdin=read_end,
+                                stdout=subprocess.PIPE)
+        spawned.append(head)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    printed, _ = head.communicate(timeout=HANG_GUARD)
+    return flowctl, printed
 
 
 def test_head_ends_an_endless_source(env, home):
@@ -49,6 +83,58 @@ def test_stdout_closed_by_head_is_not_failure(env):
         _, stderr = flowctl.communicate(timeout=HANG_GUARD)
     assert head.stdout == b'{"seq":0}\n{"seq":1}\n'
     assert flowctl.returncode == 0, stderr.decode()
+
+
+@pytest.mark.parametrize("expression, lines", [
+    ("generate | exec cat", b'{"seq":0}\n{"seq":1}\n'),
+    ("generate | exec --codec csv cat", b"seq\n0\n"),
+    pytest.param(
+        "generate | exec jq -c .", b'{"seq":0}\n{"seq":1}\n',
+        marks=pytest.mark.skipif(shutil.which("jq") is None,
+                                 reason="jq is not installed")),
+], ids=["lines-cat", "csv-cat", "jsonl-jq"])
+def test_exec_sink_stdout_closed_by_head(expression, lines, env, home,
+                                         tmp_path, spawned):
+    stderr_path = tmp_path / "flowctl.stderr"
+    flowctl, printed = run_into_head(expression, env, spawned, stderr_path)
+    flowctl.wait(timeout=HANG_GUARD)
+    stderr = stderr_path.read_text()
+    assert printed == lines
+    assert flowctl.returncode == 0, stderr
+    assert [line for line in stderr.splitlines()
+            if line.startswith("flowctl:")] == []
+    assert stage_processes(str(home)) == []
+
+
+def test_processor_sigpipe_fails_run(env, home, tmp_path, spawned):
+    # The processor's program is killed by SIGPIPE after head has exited,
+    # so flowctl's stdout has no reader either.  The run must still fail,
+    # because the processor's stdout is not flowctl's stdout.
+    stderr_path = tmp_path / "flowctl.stderr"
+    flowctl, printed = run_into_head(
+        "generate count=2 | exec sh -c 'cat; exec sleep 600' | exec cat",
+        env, spawned, stderr_path)
+    assert printed == b'{"seq":0}\n{"seq":1}\n'
+
+    def find_sleep() -> list[psutil.Process]:
+        found = []
+        for process in descendants(flowctl.pid):
+            try:
+                if process.name() == "sleep":
+                    found.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    processor_program, = wait_until(find_sleep, timeout=HANG_GUARD)
+    processor_program.send_signal(signal.SIGPIPE)
+    flowctl.wait(timeout=HANG_GUARD)
+    stderr = stderr_path.read_text()
+    assert flowctl.returncode == 1, stderr
+    message = stderr.strip().splitlines()[-1]
+    assert message.startswith("flowctl: stage 'sh' failed: command 'sh' "
+                              "was killed by signal 13; see "), stderr
+    assert stage_processes(str(home)) == []
 
 
 def test_builtins_ignore_checkout_in_cwd(tmp_path, env):
