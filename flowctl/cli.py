@@ -1,7 +1,7 @@
 """The `flowctl` command line.
 
 Exit codes: 0 done, 1 the run failed, 2 usage or pipeline-file error,
-130 and 143 stopped by SIGINT and SIGTERM.
+129, 130 and 143 stopped by SIGHUP, SIGINT and SIGTERM.
 """
 
 from __future__ import annotations
@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import dataclasses
 import sys
+from typing import Any
 
 import click
 
 from flowctl import __version__
 from flowctl.builtins import BUILTINS
-from flowctl.display import JsonView, PlainView, View
+from flowctl.display import JsonView, PlainView, View, guarded
 from flowctl.document import Problem
 from flowctl.home import new_run_id, resolve_home
 from flowctl.inline import INLINE_FILENAME, parse_inline
@@ -27,6 +28,35 @@ EXIT_USAGE = 2
 
 HOME_HELP = ("State directory for run logs [default: $FLOWCTL_HOME or "
              "~/.flowctl].")
+# Each standard descriptor, how it is opened on /dev/null when it is
+# closed, and its stream in sys.
+STANDARD_STREAMS = ((0, os.O_RDONLY, "r", "stdin"),
+                    (1, os.O_WRONLY, "w", "stdout"),
+                    (2, os.O_WRONLY, "w", "stderr"))
+
+
+def _open_standard_streams() -> None:
+    """Point each closed standard descriptor at /dev/null, and give sys a
+    file object for each standard stream that is None.
+
+    Otherwise the next descriptor flowctl opens (the selector's epoll, say)
+    takes the free number 0, 1 or 2 and is handed to the stages as their
+    stdin or stdout.  With this, a closed stdin reads as empty, and what
+    is written to a closed stdout or stderr is discarded.
+    """
+    for fd, flags, mode, name in STANDARD_STREAMS:
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, flags)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+            os.set_inheritable(fd, True)
+        # The interpreter sets a stream to None when its descriptor was
+        # closed at start-up.
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, closefd=False))
 
 
 def _format_problem(problem: Problem, filename: str) -> str:
@@ -60,9 +90,19 @@ def _load(file: str | None, expression: str | None
 class LazyGroup(click.Group):
     """Command group that imports the commands for watching runs and for
     checkpoints only when one of them is used, so `flowctl run` starts
-    faster."""
+    faster.
+
+    Before any command runs, it opens the standard streams that are
+    closed (see `_open_standard_streams`).
+    """
 
     lazy_commands = ("status", "stop", "runs", "logs", "checkpoint")
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        # Importing flowctl's modules keeps no descriptor open, so this
+        # still runs before anything else takes 0, 1 or 2.
+        _open_standard_streams()
+        return super().main(*args, **kwargs)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) |
@@ -126,9 +166,10 @@ def run(file: str | None, expression: str | None, home: str | None,
         from_id: str | None) -> None:
     """Run a pipeline until its sources end, or until Ctrl-C.
 
-    Ctrl-C (or SIGTERM) stops the sources and lets the records in flight
-    drain; a second Ctrl-C stops every stage at once.  Each stage's stderr
-    is shown prefixed with its id and kept in a log file per run.
+    Ctrl-C (or SIGTERM, or SIGHUP when the terminal closes) stops the
+    sources and lets the records in flight drain; a second Ctrl-C stops
+    every stage at once.  Each stage's stderr is shown prefixed with its
+    id and kept in a log file per run.
 
     \b
     Examples:
@@ -262,13 +303,17 @@ def _mention_earlier_checkpoints(storage, pipeline: Pipeline,
 def _make_view(pipeline: Pipeline, run_id: str, live: bool | None,
                log_format: str) -> View:
     if log_format == "json":
-        return JsonView(run_id)
+        return JsonView(run_id, sys.stderr)
     if live is None:
         live = sys.stdout.isatty() and not pipeline.writes_to_stdout()
     if live:
         from flowctl.liveview import LiveView
-        return LiveView(run_id, pipeline.name)
-    return PlainView(run_id)
+
+        # rich (15.0) exits with code 1 on a broken pipe and raises on a
+        # hung-up terminal, so its output is guarded too.
+        return LiveView(run_id, pipeline.name,
+                        console_file=guarded(sys.stdout), stream=sys.stderr)
+    return PlainView(run_id, sys.stderr)
 
 
 @main.command(name="validate")

@@ -6,10 +6,14 @@ CI, and `JsonView` one JSON object per event.  Both print each stage's
 stderr lines prefixed with the stage id, and both end with a summary line
 per stage.  Everything goes to flowctl's stderr except the live table,
 which is drawn on the terminal flowctl's stdout is attached to.
+
+Output is wrapped in a `GuardedStream`: when the reader of flowctl's
+output goes away, the run goes on and its messages are dropped.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 import time
@@ -23,6 +27,10 @@ REFRESH_INTERVAL = 0.25
 PLAIN_PROGRESS_INTERVAL = 10.0
 RATE_WINDOW = 2.0
 STDERR_LINES_PER_SECOND = 200
+# Write errors after which nothing more can reach the reader: a pipe or
+# socket whose reader has gone (EPIPE, ECONNRESET) and a terminal that
+# was hung up (EIO).
+READER_GONE_ERRNOS = frozenset({errno.EPIPE, errno.ECONNRESET, errno.EIO})
 
 
 def format_count(value: int | None) -> str:
@@ -93,12 +101,61 @@ class StderrBudget:
         return dropped
 
 
+class GuardedStream:
+    """A text stream for flowctl's own output that does not raise OSError
+    from write() or flush().
+
+    The run matters more than its messages, and the stages' log files get
+    every stderr line anyway.  After an error in `READER_GONE_ERRNOS` the
+    stream drops every later write, and `error` keeps that error.  After
+    any other OSError (a full disk, say) it tries again with the next
+    write.  Every other attribute is the wrapped stream's.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.error: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.error is None:
+            try:
+                self.stream.write(text)
+            except OSError as error:
+                self._on_write_error(error)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.error is None:
+            try:
+                self.stream.flush()
+            except OSError as error:
+                self._on_write_error(error)
+
+    def _on_write_error(self, error: OSError) -> None:
+        if error.errno in READER_GONE_ERRNOS:
+            self.error = error
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
+
+
+def guarded(stream: TextIO) -> GuardedStream:
+    """Wrap a stream in a `GuardedStream` unless it already is one."""
+    if isinstance(stream, GuardedStream):
+        return stream
+    return GuardedStream(stream)
+
+
 class View:
-    """Base of the two views; it also writes the closing summary."""
+    """Base of the two views; it also writes the closing summary.
+
+    `stream` is wrapped in a `GuardedStream`, so a view does not raise
+    when its output is closed.
+    """
 
     def __init__(self, run_id: str, stream: TextIO) -> None:
         self.run_id = run_id
-        self.stream = stream
+        self.stream = guarded(stream)
         self.rates = RateMeter()
 
     def start(self, stages: list[StageProcess]) -> None:
@@ -145,8 +202,10 @@ class View:
 class PlainView(View):
     """One log line per event, for output that is not a terminal."""
 
-    def __init__(self, run_id: str, stream: TextIO = sys.stderr) -> None:
-        super().__init__(run_id, stream)
+    def __init__(self, run_id: str, stream: TextIO | None = None) -> None:
+        # sys.stderr is looked up here, not bound as the default at import:
+        # the command line may replace it first (see flowctl.cli).
+        super().__init__(run_id, sys.stderr if stream is None else stream)
         self.last_progress = time.monotonic()
         self.stderr_budget = StderrBudget()
 

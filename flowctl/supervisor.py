@@ -7,12 +7,11 @@ pidfd, the run's control socket, and a wake-up pipe for signals.  Records
 never pass through this process: the pipes between stages are created
 here and handed to the stages.
 
-Stopping: the first SIGINT or SIGTERM (or `flowctl stop`) sends the
-sources a stop request, and everything downstream drains and exits by
-itself.  When the
-drain timeout has passed, each stage still alive gets its stop signal, and
-SIGKILL after its own stop timeout; a second signal kills everything at
-once.
+Stopping: the first SIGINT, SIGTERM or SIGHUP (or `flowctl stop`) sends
+the sources a stop request, and everything downstream drains and exits by
+itself.  When the drain timeout has passed, each stage still alive gets
+its stop signal, and SIGKILL after its own stop timeout; a second signal
+(other than SIGHUP) kills everything at once.
 
 Failures: when a stage fails, its restart policy decides (see
 `flowctl.restarts`).  A restarted stage gets fresh pipes, and its
@@ -699,6 +698,11 @@ class Run:
     # Stopping
 
     def _on_stop_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP and self.stop_requested:
+            # A closing terminal can send SIGHUP more than once (bash
+            # passes its own on to its jobs): only Ctrl-C, SIGTERM or
+            # `flowctl stop` stop every stage at once.
+            return
         if self.signal_received is not None or self.stop_requested:
             self.view.event("second signal: stopping every stage now")
             self.signal_received = self.signal_received or signum
