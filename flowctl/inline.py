@@ -5,14 +5,15 @@
 
 Segments are separated by `|` outside quotes, and words are split as a
 shell splits them (`#` starts no comment).  A segment is a built-in stage
-name with `key=value` config (values are typed as plain YAML scalars, so
-`count=10` is a number and `path=*.log` is text), or `exec [--codec CODEC] [--success-exit-codes 0,1] PROGRAM
-ARGS...` for an executable, with the `lines` codec unless another is
-given.  The first segment is the
-source, the last the sink and the rest processors, in a chain.  When the
-last segment is not a sink, `write-jsonl path=-` is added so the records
-appear on standard output.  Stage ids are the names, numbered when a name
-repeats (`map`, `map-2`).
+name with `key=value` config, or `exec [--codec CODEC]
+[--success-exit-codes 0,1] PROGRAM ARGS...` for an executable, with the
+`lines` codec unless another is given.  Values are typed as plain YAML
+scalars, so `count=10` is a number and `path=*.log` is text, and a key
+that takes a list reads a YAML list such as `nulls='[NA]'`.  The first
+segment is the source, the last the sink and the rest processors, in a
+chain.  When the last segment is not a sink, `write-jsonl path=-` is added
+so the records appear on standard output.  Stage ids are the names,
+numbered when a name repeats (`map`, `map-2`).
 
 The result is the same document a pipeline file would give, so it goes
 through the same validation; problems are reported by segment number.
@@ -77,6 +78,18 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _parse_list(text: str) -> Any:
+    """Return the list that `text` writes in YAML, or the text itself,
+    which validation then rejects as not a list."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if isinstance(value, list) else text
+
+
 def _segment_entry(words: list[str], number: int,
                    problems: list[Problem]) -> dict[str, Any] | None:
     if not words:
@@ -121,9 +134,15 @@ def _segment_entry(words: list[str], number: int,
                                     f"'{name}' takes each key once"))
             continue
         # A key that takes text keeps it as written: where=True is the
-        # expression "True", not a boolean.
-        text_only = key in params and params[key].type is str
-        config[key] = value if text_only else _parse_value(value)
+        # expression "True", not a boolean.  A key that takes a list reads
+        # a YAML flow sequence, such as nulls='["", NA]'.
+        kind = params[key].type if key in params else None
+        if kind is str:
+            config[key] = value
+        elif kind is list:
+            config[key] = _parse_list(value)
+        else:
+            config[key] = _parse_value(value)
     entry: dict[str, Any] = {"id": name, "stage": name}
     if config:
         entry["config"] = config

@@ -179,6 +179,16 @@ def test_values_typed_not_parsed():
         "path": "*.jsonl", "nulls": "a #b"}
 
 
+def test_list_key_reads_flow_sequence():
+    doc = parse_inline("read-csv path=x.csv types=auto nulls='[\"\", NA]' "
+                       "| write-csv path=- columns=[b,a]")
+
+    assert doc.data["spec"]["sources"][0]["config"] == {
+        "path": "x.csv", "types": "auto", "nulls": ["", "NA"]}
+    assert doc.data["spec"]["sinks"][0]["config"] == {
+        "path": "-", "columns": ["b", "a"]}
+
+
 def test_duplicate_key_reported(tmp_path, env):
     result = run_inline("generate count=1 count=2", env, tmp_path)
 
