@@ -242,7 +242,12 @@ class Run:
     def _loop_once(self) -> None:
         for key, _ in self.selector.select(TICK_SECONDS):
             # An earlier event of the same batch may have closed this one.
-            current = self.selector.get_map().get(key.fileobj)
+            # A closed socket has no descriptor left, and the selector then
+            # raises ValueError instead of finding no entry.
+            try:
+                current = self.selector.get_map().get(key.fileobj)
+            except ValueError:
+                continue
             if current is None or current.data != key.data:
                 continue
             kind, item = key.data
