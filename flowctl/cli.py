@@ -25,6 +25,7 @@ from flowctl.supervisor import Run
 from flowctl.validate import load_pipeline, validate
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 HOME_HELP = ("State directory for run logs [default: $FLOWCTL_HOME or "
              "~/.flowctl].")
@@ -93,7 +94,9 @@ class LazyGroup(click.Group):
     faster.
 
     Before any command runs, it opens the standard streams that are
-    closed (see `_open_standard_streams`).
+    closed (see `_open_standard_streams`).  Ctrl-C ends a command with
+    exit code 130 and no message, as it ends `tail -f`, where click would
+    print "Aborted!" and exit with 1.
     """
 
     lazy_commands = ("status", "stop", "runs", "logs", "checkpoint")
@@ -103,6 +106,12 @@ class LazyGroup(click.Group):
         # still runs before anything else takes 0, 1 or 2.
         _open_standard_streams()
         return super().main(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            sys.exit(EXIT_INTERRUPTED)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(set(super().list_commands(ctx)) |

@@ -510,6 +510,31 @@ def test_logs_follow_prints_new_lines(tmp_path, env, spawned):
     assert followed.read_text() == "before\nafter\n"
 
 
+def test_logs_follow_ends_on_ctrl_c(tmp_path, env, spawned):
+    errors = tmp_path / "stderr.txt"
+    process = start_flowctl(
+        ["run", "-e", "generate rate=10 | exec sh -c 'echo ready >&2; cat' "
+                      "| discard"], env, spawned, errors)
+    run_id = wait_for_run(process, env, errors)["id"]
+    followed = tmp_path / "followed.txt"
+    with open(followed, "w") as stdout:
+        follower = subprocess.Popen(FLOWCTL + ["logs", run_id, "sh", "-f"],
+                                    env=env, cwd=REPO, stdout=stdout,
+                                    stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True)
+    spawned.append(follower)
+    wait_until(lambda: followed.read_text() == "ready\n", timeout=HANG_GUARD)
+
+    follower.send_signal(signal.SIGINT)
+    _, follower_errors = follower.communicate(timeout=HANG_GUARD)
+
+    assert follower.returncode == 130
+    assert follower_errors == ""
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout=HANG_GUARD)
+    assert process.returncode == 130, errors.read_text()
+
+
 # metrics
 
 
