@@ -141,7 +141,9 @@ def run_with_kills(directory: Path, env: dict[str, str], seed: int,
     process = start(directory, env, resume=False, log=log)
     spawned.append(process)
     while len(killed) < KILLS:
-        time.sleep(rng.uniform(0.15, 1.0))
+        # Short enough pauses that the run outlasts all KILLS kills: a
+        # recovery takes well under a second.
+        time.sleep(rng.uniform(0.1, 0.6))
         if process.poll() is not None:
             break   # finished before this kill: the run is complete
         victims = live_stages(home, process.pid)
