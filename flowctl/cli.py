@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from flowctl import __version__
+from flowctl.__main__ import EXIT_INTERRUPTED
 from flowctl.builtins import BUILTINS
 from flowctl.display import JsonView, PlainView, View, guarded
 from flowctl.document import Problem
@@ -25,7 +26,6 @@ from flowctl.supervisor import Run
 from flowctl.validate import load_pipeline, validate
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 HOME_HELP = ("State directory for run logs [default: $FLOWCTL_HOME or "
              "~/.flowctl].")

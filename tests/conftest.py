@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -43,6 +44,20 @@ def run_flowctl(args: list[str], env: dict[str, str], cwd: Path | None = None,
     return subprocess.run(FLOWCTL + args, env=env, cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout,
                           **kwargs)
+
+
+def read_jsonl(path: Path) -> list:
+    """Return the records of a JSON-lines file."""
+    with open(path, encoding="utf-8") as file:
+        return [json.loads(line) for line in file]
+
+
+def line_count(path: Path) -> int:
+    """Return the number of lines in a file, 0 if it does not exist yet."""
+    if not path.exists():
+        return 0
+    with open(path, encoding="utf-8") as file:
+        return sum(1 for _ in file)
 
 
 def descendants(pid: int) -> list[psutil.Process]:

@@ -13,7 +13,6 @@ in order.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import signal
 import sqlite3
@@ -24,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FLOWCTL, stage_processes, wait_until, write_pipeline
+from conftest import (FLOWCTL, read_jsonl, stage_processes, wait_until,
+                      write_pipeline)
 from flowctl.checkpoints.local import LocalStorage
 from flowctl.checkpoints.manifest import Manifest, checkpoint_name
 from flowctl.checkpoints.recovery import verify
@@ -95,11 +95,6 @@ def write_faults_pipeline(directory: Path, recovery: str = USE_PREVIOUS,
             - {{id: out, stage: write-jsonl, config: {{path: out.jsonl}},
                 inputs: [map]}}
         """)
-
-
-def read_jsonl(path: Path) -> list:
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file]
 
 
 def expected_counts() -> list[dict[str, int]]:

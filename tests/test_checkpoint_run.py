@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import (FLOWCTL, STAGES, run_flowctl, stage_processes,
-                      wait_until)
+from conftest import (FLOWCTL, STAGES, read_jsonl, run_flowctl,
+                      stage_processes, wait_until)
 from flowctl.checkpoints.config import CheckpointConfig
 from flowctl.checkpoints.coordinator import Coordinator
 from flowctl.checkpoints.local import LocalStorage
@@ -81,10 +81,6 @@ def kill_stage_after_checkpoints(directory: Path, home: Path, stage_id: str,
     wait_until(lambda: newest_checkpoint(directory) >= wanted, 60)
     process = wait_until(lambda: stage_process(home, stage_id), 30)
     process.kill()
-
-
-def read_jsonl(path: Path) -> list:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def test_csv_sink_exact_after_kills(tmp_path, env, home, spawned):

@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from conftest import STAGES, run_flowctl, write_pipeline
+from conftest import STAGES, read_jsonl, run_flowctl, write_pipeline
 
 FOREIGN_STAGE = STAGES / "foreign_stage.py"
 COMMAND = json.dumps([sys.executable, str(FOREIGN_STAGE)])
@@ -28,10 +28,6 @@ UPSTREAM_HELLO = [1, {"protocol": "flowctl", "version": 1,
                       "stage": "numbers"}]
 DOUBLE_HELLO = [1, {"protocol": "flowctl", "version": 1, "stage": "double"}]
 END = [4]
-
-
-def read_jsonl(path: Path) -> list[Any]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def stage_log(home: Path, stage_id: str) -> list[str]:

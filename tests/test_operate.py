@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from flowctl.registry import Registry
 
-from conftest import (FLOWCTL, REPO, run_flowctl, stage_processes,
-                      wait_until, write_pipeline)
+from conftest import (FLOWCTL, REPO, line_count, read_jsonl, run_flowctl,
+                      stage_processes, wait_until, write_pipeline)
 
 # Seconds after which a run or a command counts as hung.
 HANG_GUARD = 60
@@ -132,18 +132,6 @@ def wait_for_stages(run_id: str, env: dict, predicate=None) -> dict:
 
 def stages_by_id(snapshot: dict) -> dict[str, dict]:
     return {stage["id"]: stage for stage in snapshot["stages"]}
-
-
-def read_jsonl(path: Path) -> list:
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file]
-
-
-def line_count(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, encoding="utf-8") as file:
-        return sum(1 for _ in file)
 
 
 def parse_count(text: str) -> int | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
 import signal
 import subprocess
@@ -12,15 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (FLOWCTL, REPO, STAGES, descendants, run_flowctl,
-                      stage_processes, wait_until, write_pipeline)
+from conftest import (FLOWCTL, REPO, STAGES, descendants, line_count,
+                      read_jsonl, run_flowctl, stage_processes, wait_until,
+                      write_pipeline)
 
 HANG_GUARD = 60  # seconds; a run that takes longer has hung
-
-
-def read_jsonl(path: Path) -> list:
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file]
 
 
 def start_flowctl(args: list[str], env: dict, spawned: list,
@@ -32,13 +27,6 @@ def start_flowctl(args: list[str], env: dict, spawned: list,
                                    start_new_session=True)
     spawned.append(process)
     return process
-
-
-def line_count(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, encoding="utf-8") as file:
-        return sum(1 for _ in file)
 
 
 def test_fan_out_fan_in_delivers_each_record_once(tmp_path, env):

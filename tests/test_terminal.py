@@ -11,23 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import (FLOWCTL, REPO, run_flowctl, stage_processes,
-                      wait_until, write_pipeline)
+from conftest import (FLOWCTL, REPO, line_count, read_jsonl, run_flowctl,
+                      stage_processes, wait_until, write_pipeline)
 
 # Seconds after which a run or a command counts as hung.
 HANG_GUARD = 60
-
-
-def read_jsonl(path: Path) -> list:
-    with open(path, encoding="utf-8") as file:
-        return [json.loads(line) for line in file]
-
-
-def line_count(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, encoding="utf-8") as file:
-        return sum(1 for _ in file)
 
 
 def flowctl_json(args: list[str], env: dict):
